@@ -1,0 +1,83 @@
+"""`mnist-guide`: the course's steps without a notebook (info, train; evaluate, export and serve come later)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mnist_guide import __version__
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from mnist_guide.runtime import artifacts_dir, data_dir, describe_environment, format_environment
+
+    info = describe_environment(args.device)
+    info["data_dir"] = str(data_dir())
+    info["artifacts_dir"] = str(artifacts_dir(create=False))
+    print(json.dumps(info, indent=2) if args.json else format_environment(info))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mnist_guide.training import Recipe, train_course_model, write_metrics
+
+    recipe = Recipe()
+    recipe = replace(recipe, epochs=args.epochs or recipe.epochs, seed=args.seed if args.seed is not None else recipe.seed)
+    out = Path(args.out)
+    run = train_course_model(recipe, device=args.device, out=out, resume=args.resume, progress=not args.quiet)
+    metrics = write_metrics(out / "metrics.json", run, recipe)
+    print(
+        f"test accuracy {metrics['test_accuracy']:.2%}, test loss {metrics['test_loss']:.4f}, "
+        f"{metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s -> {out / 'checkpoint.pt'}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `mnist-guide` command line and its subcommands."""
+    parser = argparse.ArgumentParser(prog="mnist-guide", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mnist-guide {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = commands.add_parser("info", help="print versions, device, threads and where files live")
+    info.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    info.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    info.set_defaults(handler=_cmd_info)
+
+    train = commands.add_parser("train", help="train the course CNN and write checkpoint.pt and metrics.json")
+    train.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
+    train.add_argument("--epochs", type=int, default=None, help="epochs (default: the course recipe's)")
+    train.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    train.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mnist-guide` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except (RuntimeError, ValueError, OSError) as error:
+        from mnist_guide.data import MnistDataError
+        from mnist_guide.training import CheckpointError
+
+        if isinstance(error, (MnistDataError, CheckpointError, ValueError, FileNotFoundError)):
+            print(f"mnist-guide: error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

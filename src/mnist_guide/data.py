@@ -1,0 +1,275 @@
+"""MNIST from the committed files: verify, open with torchvision, hold as tensors, batch.
+
+Nothing here reaches the network unless a caller passes `download=True`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mnist_guide.runtime import data_dir
+
+#: Mean and standard deviation of the training pixels after scaling to [0, 1].
+#: Computed from the data in notebooks/05_data_loading.ipynb and re-checked by tests/test_data.py.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+CLASSES = tuple(str(digit) for digit in range(10))
+
+RESTORE_HINT = "Restore it from git: git checkout -- data/  (or call prepare_mnist(download=True) when online)"
+
+
+class MnistDataError(RuntimeError):
+    """A MNIST file is missing, damaged or not what the course expects."""
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    """One of the four MNIST files: its name, expected IDX header and checksums."""
+
+    name: str  # file name without .gz, as torchvision expects it
+    magic: int  # 2051 for images, 2049 for labels
+    shape: tuple[int, ...]
+    gz_sha256: str  # of the committed .gz
+    raw_sha256: str  # of the uncompressed, original bytes
+
+    @property
+    def size(self) -> int:
+        header = 4 + 4 * len(self.shape)
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return header + count
+
+
+MNIST_FILES: dict[str, IdxFile] = {
+    spec.name: spec
+    for spec in (
+        IdxFile(
+            "train-images-idx3-ubyte", 2051, (60000, 28, 28),
+            "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        ),
+        IdxFile(
+            "train-labels-idx1-ubyte", 2049, (60000,),
+            "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        ),
+        IdxFile(
+            "t10k-images-idx3-ubyte", 2051, (10000, 28, 28),
+            "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        ),
+        IdxFile(
+            "t10k-labels-idx1-ubyte", 2049, (10000,),
+            "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ),
+    )
+}
+
+
+def _sha256(path_or_bytes: Path | bytes) -> str:
+    if isinstance(path_or_bytes, bytes):
+        return hashlib.sha256(path_or_bytes).hexdigest()
+    digest = hashlib.sha256()
+    with open(path_or_bytes, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
+    """Decompress one .gz and check its IDX header, length and checksum; return the raw bytes."""
+    try:
+        raw = gzip.decompress(gz_path.read_bytes())
+    except EOFError as error:
+        raise MnistDataError(f"{gz_path}: truncated gzip file ({error}). {RESTORE_HINT}") from error
+    except (gzip.BadGzipFile, zlib.error, OSError) as error:
+        raise MnistDataError(f"{gz_path}: not a valid gzip file ({error}). {RESTORE_HINT}") from error
+    header_size = 4 + 4 * len(spec.shape)
+    if len(raw) < header_size:
+        raise MnistDataError(f"{gz_path}: only {len(raw)} bytes, too short for an IDX header. {RESTORE_HINT}")
+    magic, *dims = struct.unpack(f">{1 + len(spec.shape)}I", raw[:header_size])
+    if magic != spec.magic or tuple(dims) != spec.shape:
+        raise MnistDataError(
+            f"{gz_path}: IDX header says magic {magic} and shape {tuple(dims)}, "
+            f"expected magic {spec.magic} and shape {spec.shape} (wrong or damaged file?). {RESTORE_HINT}"
+        )
+    if len(raw) != spec.size:
+        raise MnistDataError(
+            f"{gz_path}: {len(raw)} bytes once decompressed, expected {spec.size} (truncated?). {RESTORE_HINT}"
+        )
+    if _sha256(raw) != spec.raw_sha256:
+        raise MnistDataError(f"{gz_path}: checksum mismatch (file corrupt?). {RESTORE_HINT}")
+    return raw
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """Write `content` to a temporary file beside `path`, then rename it into place."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(content)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def _download_with_torchvision(root: Path) -> None:
+    """Fetch MNIST through torchvision's own mirrors (only when the caller asked for it)."""
+    import torchvision
+
+    for train in (True, False):
+        torchvision.datasets.MNIST(str(root), train=train, download=True)
+
+
+def prepare_mnist(root: str | Path | None = None, *, download: bool = False) -> Path:
+    """Verify the four MNIST files under `root/MNIST/raw` and decompress them for torchvision.
+
+    Each `.gz` is checked (gzip integrity, IDX header, SHA-256 of its content) before anything
+    reads it, and a damaged one raises `MnistDataError` naming the file, so nothing ever
+    trains on a partial file. Returns `root`, ready for `torchvision.datasets.MNIST(root)`.
+
+    Taught in notebooks/05_data_loading.ipynb.
+    """
+    root = Path(root) if root is not None else data_dir()
+    raw_dir = root / "MNIST" / "raw"
+    missing = [spec for spec in MNIST_FILES.values() if not (raw_dir / f"{spec.name}.gz").exists()]
+    if missing and download:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        _download_with_torchvision(root)
+        missing = [spec for spec in MNIST_FILES.values() if not (raw_dir / f"{spec.name}.gz").exists()]
+    if missing:
+        names = ", ".join(str(raw_dir / f"{spec.name}.gz") for spec in missing)
+        raise MnistDataError(f"{names}: missing. {RESTORE_HINT}")
+
+    for spec in MNIST_FILES.values():
+        gz_path = raw_dir / f"{spec.name}.gz"
+        raw_path = raw_dir / spec.name
+        gz_is_known = _sha256(gz_path) == spec.gz_sha256
+        raw_is_good = raw_path.is_file() and raw_path.stat().st_size == spec.size and _sha256(raw_path) == spec.raw_sha256
+        if gz_is_known and raw_is_good:
+            continue
+        # Either the .gz is not the committed one (check it fully) or the copy must be (re)made.
+        raw = _decompress_and_check(gz_path, spec)
+        if not raw_is_good:
+            _write_atomically(raw_path, raw)
+    return root
+
+
+def mnist_dataset(train: bool, transform: Callable | None = None, root: str | Path | None = None):
+    """Return `torchvision.datasets.MNIST` over the verified local files (never downloads).
+
+    Taught in notebooks/05_data_loading.ipynb.
+    """
+    import torchvision
+
+    root = prepare_mnist(root)
+    return torchvision.datasets.MNIST(str(root), train=train, transform=transform, download=False)
+
+
+def mnist_tensors(
+    train: bool, root: str | Path | None = None, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return all of one split as `(images, labels)`: float32 `[N, 1, 28, 28]` and int64 `[N]`.
+
+    Pixels are scaled to [0, 1] and, with `normalize=True`, standardised with `MNIST_MEAN`
+    and `MNIST_STD` (the training set's statistics, used for both splits).
+
+    Taught in notebooks/05_data_loading.ipynb.
+    """
+    dataset = mnist_dataset(train, root=root)
+    images = dataset.data.unsqueeze(1).to(torch.float32).div_(255.0)
+    if normalize:
+        images.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return images, dataset.targets.to(torch.int64)
+
+
+class TensorLoader:
+    """Batches sliced from tensors held in memory: what a `DataLoader` does, without per-sample work.
+
+    Shuffling is seeded per epoch (`set_epoch`, as with `DistributedSampler`), so a run resumed
+    at epoch `k` sees the same batches as one that never stopped. `augment(batch, generator)`
+    is applied to each image batch with the same per-epoch generator.
+
+    Taught in notebooks/05_data_loading.ipynb.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    ) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.device = torch.device(device) if device is not None else images.device
+        self.augment = augment
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose which epoch's shuffle the next iteration uses."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.images), self.batch_size)
+        return full if (self.drop_last or rest == 0) else full + 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        count = len(self.images)
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            images, labels = self.images[index], self.labels[index]
+            if self.augment is not None:
+                images = self.augment(images, generator)
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def make_loaders(
+    batch_size: int = 256,
+    *,
+    test_batch_size: int = 1000,
+    root: str | Path | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    drop_last: bool = False,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+) -> tuple[TensorLoader, TensorLoader]:
+    """Return `(train_loader, test_loader)` over the normalised MNIST tensors held in memory.
+
+    The training loader shuffles (seeded) and may augment; the test loader keeps the order.
+
+    Taught in notebooks/05_data_loading.ipynb.
+    """
+    train_images, train_labels = mnist_tensors(train=True, root=root)
+    test_images, test_labels = mnist_tensors(train=False, root=root)
+    train_loader = TensorLoader(
+        train_images, train_labels, batch_size,
+        shuffle=True, seed=seed, drop_last=drop_last, device=device, augment=augment,
+    )
+    test_loader = TensorLoader(test_images, test_labels, test_batch_size, device=device)
+    return train_loader, test_loader

@@ -1,0 +1,62 @@
+"""Shared test set-up: no network for tests or notebook kernels, a scratch copy of MNIST."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import network_guard  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "MNIST" / "raw"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Kernels started by nbval inherit IPYTHONDIR, whose start-up file blocks the network there too.
+    ipython_dir = Path(tempfile.mkdtemp(prefix="mnist-guide-ipython-"))
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    guard = Path(__file__).with_name("network_guard.py")
+    (startup / "00-block-network.py").write_text(
+        f"import runpy as _runpy\n_runpy.run_path({str(guard)!r}, run_name='network_guard_startup')\ndel _runpy\n"
+    )
+    os.environ["IPYTHONDIR"] = str(ipython_dir)
+    config._mnist_guide_ipython_dir = ipython_dir  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_mnist_guide_ipython_dir", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def block_network():
+    """Every test runs offline: connections to anything but loopback raise."""
+    network_guard.install()
+    yield
+    network_guard.uninstall()
+
+
+@pytest.fixture
+def mnist_copy(tmp_path: Path) -> Path:
+    """A scratch copy of `data/` (the four .gz files) that a test may damage."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in RAW.glob("*.gz"):
+        shutil.copy(gz, raw / gz.name)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
