@@ -60,3 +60,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def course_checkpoint() -> Path:
+    """The trained course model, `artifacts/mnist_cnn.pt`, trained once (about 30 s) when missing.
+
+    Notebooks 07 onwards load the same file, so a test run trains the model at most once.
+    """
+    from mnist_guide.training import course_checkpoint_path, load_or_train_course_model
+
+    network_guard.install()
+    try:
+        load_or_train_course_model(progress=False)
+    finally:
+        network_guard.uninstall()
+    return course_checkpoint_path()
