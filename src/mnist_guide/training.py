@@ -205,8 +205,8 @@ def library_versions() -> dict[str, str]:
 
     return {
         "mnist_guide": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
     }
 
