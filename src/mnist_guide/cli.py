@@ -27,15 +27,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mnist_guide.training import Recipe, train_course_model, write_metrics
 
     recipe = Recipe()
-    recipe = replace(recipe, epochs=args.epochs or recipe.epochs, seed=args.seed if args.seed is not None else recipe.seed)
+    recipe = replace(
+        recipe,
+        epochs=args.epochs if args.epochs is not None else recipe.epochs,
+        seed=args.seed if args.seed is not None else recipe.seed,
+    )
     out = Path(args.out)
-    run = train_course_model(recipe, device=args.device, out=out, resume=args.resume, progress=not args.quiet)
+
+    def report(epoch: int, history) -> None:
+        if not args.quiet:
+            print(
+                f"epoch {epoch + 1}/{recipe.epochs}: train loss {history.train_loss[-1]:.4f}, "
+                f"test accuracy {history.test_accuracy[-1]:.2%}, {history.epoch_seconds[-1]:.1f} s",
+                flush=True,
+            )
+
+    run = train_course_model(
+        recipe, device=args.device, out=out, resume=args.resume,
+        progress=not args.quiet and sys.stderr.isatty(), on_epoch_end=report,
+    )
     metrics = write_metrics(out / "metrics.json", run, recipe)
     print(
         f"test accuracy {metrics['test_accuracy']:.2%}, test loss {metrics['test_loss']:.4f}, "
         f"{metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s -> {out / 'checkpoint.pt'}"
     )
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train the course CNN and write checkpoint.pt and metrics.json")
     train.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
-    train.add_argument("--epochs", type=int, default=None, help="epochs (default: the course recipe's)")
+    train.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the course recipe's)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     train.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     train.set_defaults(handler=_cmd_train)
     return parser
 

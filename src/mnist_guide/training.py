@@ -422,6 +422,8 @@ class TrainingRun:
     history: History
     train_seconds: float
     checkpoint_path: Path | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
 def train_course_model(
@@ -432,11 +434,13 @@ def train_course_model(
     epochs: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_epoch_end: Callable[[int, History], None] | None = None,
 ) -> TrainingRun:
     """Train the course CNN with `recipe`; with `out`, save `out/checkpoint.pt` after every epoch.
 
     `epochs` stops early (the schedule still spans `recipe.epochs`), and `resume=True`
     continues from `out/checkpoint.pt`: together they give the same weights as one unbroken run.
+    `on_epoch_end(epoch, history)` runs after each epoch's checkpoint is saved.
 
     Taught in notebooks/06_mnist_cnn.ipynb.
     """
@@ -457,6 +461,12 @@ def train_course_model(
         if checkpoint_path is None:
             raise ValueError("resume=True needs `out`, the folder holding checkpoint.pt")
         _, checkpoint = load_checkpoint(checkpoint_path, model, optimizer=optimizer, scheduler=scheduler)
+        stored_recipe = checkpoint.extra.get("recipe")
+        if stored_recipe is not None and stored_recipe != recipe_to_dict(recipe):
+            raise CheckpointError(
+                f"{checkpoint_path}: was written by another recipe ({_recipe_difference(stored_recipe, recipe)}); "
+                "resume with the same settings, or train from scratch into another folder."
+            )
         start_epoch, history = checkpoint.epoch, History.from_dict(checkpoint.history)
     remaining = (epochs if epochs is not None else recipe.epochs) - start_epoch
 
@@ -466,6 +476,8 @@ def train_course_model(
                 checkpoint_path, model, epoch=epoch + 1, optimizer=optimizer, scheduler=scheduler,
                 history=history, extra={"recipe": recipe_to_dict(recipe)},
             )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
 
     started = time.perf_counter()
     history = fit(
@@ -473,7 +485,18 @@ def train_course_model(
         scheduler=scheduler, device=device, memory_format=memory_format, start_epoch=start_epoch,
         history=history, progress=progress, on_epoch_end=save,
     )
-    return TrainingRun(model.to(memory_format=torch.contiguous_format), history, time.perf_counter() - started, checkpoint_path)
+    return TrainingRun(
+        model.to(memory_format=torch.contiguous_format), history, time.perf_counter() - started,
+        checkpoint_path, optimizer, scheduler,
+    )
+
+
+def _recipe_difference(stored: dict, recipe: Recipe) -> str:
+    """Name the settings in which a stored recipe differs from `recipe`, for error messages."""
+    current = recipe_to_dict(recipe)
+    keys = sorted(set(stored) | set(current))
+    return ", ".join(f"{key} {stored.get(key)!r} there, {current.get(key)!r} here" for key in keys
+                     if stored.get(key) != current.get(key))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -513,6 +536,20 @@ def course_checkpoint_path() -> Path:
     return artifacts_dir() / COURSE_CHECKPOINT
 
 
+def save_course_checkpoint(run: TrainingRun, recipe: Recipe | None = None, path: str | Path | None = None) -> Path:
+    """Save a finished course run atomically to `artifacts/mnist_cnn.pt`, where later notebooks load it.
+
+    Taught in notebooks/06_mnist_cnn.ipynb.
+    """
+    recipe = recipe or Recipe()
+    path = Path(path) if path is not None else course_checkpoint_path()
+    return save_checkpoint(
+        path, run.model, epoch=run.history.epochs, optimizer=run.optimizer, scheduler=run.scheduler,
+        history=run.history,
+        extra={"recipe": recipe_to_dict(recipe), "train_seconds": round(run.train_seconds, 2)},
+    )
+
+
 def load_or_train_course_model(
     path: str | Path | None = None, *, device: torch.device | str | None = None, progress: bool = True
 ) -> tuple[nn.Module, Checkpoint]:
@@ -525,7 +562,6 @@ def load_or_train_course_model(
     path = Path(path) if path is not None else course_checkpoint_path()
     if not path.exists():
         run = train_course_model(device=device, progress=progress)
-        save_checkpoint(path, run.model, epoch=run.history.epochs, history=run.history,
-                        extra={"recipe": recipe_to_dict(Recipe()), "train_seconds": run.train_seconds})
+        save_course_checkpoint(run, Recipe(), path)
     model, checkpoint = load_checkpoint(path)
     return model.to(pick_device(device)).eval(), checkpoint
