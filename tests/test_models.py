@@ -1,0 +1,63 @@
+import pytest
+import torch
+from torch import nn
+
+from mnist_guide.models import CNNConfig, MnistCNN, build_model, count_parameters, model_config
+
+
+def test_the_course_cnn_maps_a_batch_of_digits_to_ten_logits():
+    model = build_model().eval()
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert model.features(torch.randn(2, 1, 28, 28)).shape == (2, 32, 5, 5)
+
+
+def test_parameter_count_matches_the_layer_formulas():
+    c = CNNConfig()
+    conv1 = c.conv1_channels * 1 * 5 * 5  # no bias: BatchNorm follows
+    bn1 = 2 * c.conv1_channels
+    conv2 = c.conv2_channels * c.conv1_channels * 3 * 3
+    bn2 = 2 * c.conv2_channels
+    fc1 = c.conv2_channels * 5 * 5 * c.hidden_units + c.hidden_units
+    fc2 = c.hidden_units * c.num_classes + c.num_classes
+    assert count_parameters(build_model(c)) == conv1 + bn1 + conv2 + bn2 + fc1 + fc2 == 108_922
+
+
+def test_count_parameters_can_skip_frozen_ones():
+    model = build_model()
+    for parameter in model.features.parameters():
+        parameter.requires_grad_(False)
+    assert count_parameters(model) < count_parameters(model, trainable_only=False) == 108_922
+
+
+def test_build_model_accepts_the_dict_a_checkpoint_stores():
+    config = CNNConfig(conv1_channels=8, conv2_channels=12, hidden_units=20, dropout=0.1)
+    stored = model_config(MnistCNN(config))
+    assert stored == {"class": "MnistCNN", "conv1_channels": 8, "conv2_channels": 12, "hidden_units": 20,
+                      "dropout": 0.1, "num_classes": 10}
+    stored.pop("class")
+    assert build_model(stored).config == config
+
+
+def test_model_config_names_a_foreign_module():
+    assert model_config(nn.Linear(2, 3)) == {"class": "Linear"}
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    model = build_model().eval()
+    images = torch.randn(4, 1, 28, 28)
+    expected = model(images)
+    model = model.to(memory_format=torch.channels_last)
+    got = model(images.to(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 1, 32, 32), (2, 1, 8, 8)])
+def test_wrong_input_shapes_raise(shape):
+    with pytest.raises(RuntimeError):
+        build_model().eval()(torch.randn(*shape))
+
+
+def test_build_model_rejects_an_unknown_config_key():
+    with pytest.raises(TypeError):
+        build_model({"conv1_channels": 8, "colour": "blue"})
