@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,3 +80,21 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     Taught in notebooks/06_mnist_cnn.ipynb.
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class GroupNormCNN(MnistCNN):
+    """The course CNN with GroupNorm in place of BatchNorm: every sample is normalised on its own.
+
+    BatchNorm mixes the samples of a batch (it normalises with the batch's mean and variance), so
+    a batch split across processes or micro-batches computes something else than the whole batch.
+    GroupNorm keeps the same layers and parameters without that coupling: the gradient of a batch
+    is the mean of per-sample gradients however the batch is split.
+
+    Taught in notebooks/10_scaling_out.ipynb.
+    """
+
+    def __init__(self, config: CNNConfig | None = None, groups: int = 4) -> None:
+        super().__init__(config)
+        for index in (1, 5):  # the two BatchNorm2d layers of `features`
+            channels = self.features[index].num_features
+            self.features[index] = nn.GroupNorm(math.gcd(groups, channels), channels)
