@@ -65,6 +65,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mnist_guide.evaluation import evaluate_checkpoint, format_report
+
+    report = evaluate_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mnist-guide` command line and its subcommands."""
     parser = argparse.ArgumentParser(prog="mnist-guide", description=__doc__)
@@ -84,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint on the MNIST test set (accuracy, precision, recall, F1, confusion matrix)")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file (artifacts/mnist_cnn.pt, or OUT/checkpoint.pt from train)")
+    evaluate.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
+    evaluate.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=1000, help="test images per batch (default: 1000)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
     return parser
 
 

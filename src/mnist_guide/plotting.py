@@ -95,3 +95,50 @@ def plot_history(history, *, title: str | None = None, figsize: tuple[float, flo
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_confusion_matrix(
+    matrix: torch.Tensor,
+    *,
+    normalize: bool = False,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    ax=None,
+    figsize: tuple[float, float] = (5.6, 4.8),
+):
+    """Draw a confusion matrix (rows: true class, columns: predicted), as counts or as % of each true class.
+
+    Every non-zero cell is written out, and the colour scale is compressed (power 0.3) so that
+    the few mistakes off the diagonal stay visible beside its large counts. Returns the figure.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    from matplotlib.colors import PowerNorm
+
+    counts = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
+    if counts.dim() != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"a confusion matrix is square, got shape {tuple(counts.shape)}")
+    size = counts.shape[0]
+    values = 100 * counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
+    names = list(class_names) if class_names is not None else [str(c) for c in range(size)]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+    else:
+        fig = ax.figure
+    top = max(float(values.max()), 1.0)
+    image = ax.imshow(values.numpy(), cmap="Blues", norm=PowerNorm(gamma=0.3, vmin=0, vmax=top))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class" if normalize else "count")
+    for row in range(size):
+        for col in range(size):
+            value = float(values[row, col])
+            if value == 0:
+                continue
+            text = f"{value:.1f}" if normalize else f"{value:.0f}"
+            shade = "white" if (value / top) ** 0.3 > 0.6 else "black"
+            ax.text(col, row, text, ha="center", va="center", fontsize=7, color=shade)
+    ax.set_xticks(range(size), names)
+    ax.set_yticks(range(size), names)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    ax.set_title(title or ("Confusion matrix (% of each true class)" if normalize else "Confusion matrix (counts)"))
+    fig.tight_layout()
+    return fig

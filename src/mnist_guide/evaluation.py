@@ -1,0 +1,306 @@
+"""How good is a trained classifier, and where does it fail: predictions, torchmetrics, confusion matrix.
+
+Everything that counts goes through torchmetrics, with `average=` always spelled out
+(`MulticlassAccuracy` averages per class, "macro", unless told otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from mnist_guide.data import CLASSES, TensorLoader, mnist_tensors
+from mnist_guide.runtime import pick_device
+from mnist_guide.training import load_checkpoint
+
+#: The report's headline keys, in the order `format_report` prints them.
+HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+
+
+@dataclass
+class Predictions:
+    """A model's outputs over a data set, on the CPU: logits `[N, C]` and true labels `[N]`.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """Softmax of the logits: each row sums to 1."""
+        return self.logits.softmax(dim=1)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """The class with the largest logit, per sample."""
+        return self.logits.argmax(dim=1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """The probability the model gives its own prediction, per sample."""
+        return self.probabilities.max(dim=1).values
+
+
+def classification_metrics(num_classes: int = len(CLASSES)) -> MetricCollection:
+    """Accuracy, precision, recall and F1 (micro, macro and per class) and the confusion matrix, as one collection.
+
+    Every metric names its `average=`; metrics sharing the same counts are computed once
+    (torchmetrics' compute groups). Per-class values come from `average=None`.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    metrics: dict[str, nn.Module] = {}
+    families = {
+        "accuracy": MulticlassAccuracy,
+        "precision": MulticlassPrecision,
+        "recall": MulticlassRecall,
+        "f1": MulticlassF1Score,
+    }
+    for name, family in families.items():
+        metrics[f"{name}_micro"] = family(num_classes=num_classes, average="micro")
+        metrics[f"{name}_macro"] = family(num_classes=num_classes, average="macro")
+        if name != "accuracy":  # per-class accuracy is per-class recall
+            metrics[f"{name}_per_class"] = family(num_classes=num_classes, average=None)
+    metrics["confusion_matrix"] = MulticlassConfusionMatrix(num_classes=num_classes)
+    return MetricCollection(metrics)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str | None = None,
+    metrics: MetricCollection | None = None,
+    progress: bool = False,
+) -> Predictions:
+    """Run `model` (in eval mode) over every batch of `loader`; returns logits and labels on the CPU.
+
+    With `metrics`, the collection is updated batch by batch on the way, so one pass gives both
+    the predictions and the scores. `device` defaults to the model's.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    model.eval()
+    if metrics is not None:
+        metrics.to(device)
+    batches = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc="predict", leave=False)
+    all_logits, all_labels = [], []
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        if metrics is not None:
+            metrics.update(logits, labels)
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels.cpu())
+    if not all_labels:
+        raise ValueError("the loader yielded no batches: there is nothing to evaluate")
+    return Predictions(torch.cat(all_logits), torch.cat(all_labels))
+
+
+def confusion_matrix(
+    predicted: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_classes: int = len(CLASSES),
+    normalize: str | None = None,
+) -> torch.Tensor:
+    """Count `[true class, predicted class]` pairs with torchmetrics; rows are true classes.
+
+    `normalize="true"` divides each row by its class's size (the recall sits on the diagonal),
+    `"pred"` each column, `"all"` the whole matrix.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    if predicted.shape != labels.shape:
+        raise ValueError(f"{tuple(predicted.shape)} predictions but {tuple(labels.shape)} labels: give one class per sample")
+    return multiclass_confusion_matrix(predicted, labels, num_classes=num_classes, normalize=normalize or "none")
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """One off-diagonal cell of a confusion matrix: how often class `true` was taken for `predicted`.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+
+    true: int
+    predicted: int
+    count: int
+
+
+def _check_square(matrix: torch.Tensor) -> None:
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"a confusion matrix is square, got shape {tuple(matrix.shape)}")
+
+
+def most_confused_pairs(matrix: torch.Tensor, k: int = 5) -> list[ConfusedPair]:
+    """The `k` largest off-diagonal counts of a confusion matrix, largest first (ties: by true, then predicted class).
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    _check_square(matrix)
+    counts = matrix.detach().cpu().clone().to(torch.int64)
+    counts.fill_diagonal_(0)
+    flat = counts.flatten()
+    order = torch.sort(flat, descending=True, stable=True).indices
+    size = matrix.shape[1]
+    return [
+        ConfusedPair(int(index) // size, int(index) % size, int(flat[index]))
+        for index in order[:k].tolist()
+        if flat[index] > 0
+    ]
+
+
+@dataclass
+class Mistakes:
+    """Misclassified samples: their positions in the data set, true and predicted classes, confidence.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+
+    index: torch.Tensor
+    labels: torch.Tensor
+    predicted: torch.Tensor
+    confidence: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def confident_mistakes(predictions: Predictions, k: int = 16) -> Mistakes:
+    """The `k` wrong predictions the model was surest of, most confident first.
+
+    These are where to look for mislabelled or truly ambiguous digits.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    predicted, confidence = predictions.predicted, predictions.confidence
+    wrong = (predicted != predictions.labels).nonzero().flatten()
+    order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:k]
+    index = wrong[order]
+    return Mistakes(index, predictions.labels[index], predicted[index], confidence[index])
+
+
+def _score(value: torch.Tensor) -> float:
+    """A metric as a plain float, rounded to 6 decimals (float32 carries no more, and JSON stays readable)."""
+    return round(float(value), 6)
+
+
+def classification_report(values: Mapping[str, torch.Tensor], class_names: Sequence[str] = CLASSES) -> dict:
+    """Turn `classification_metrics().compute()` into plain data: headline scores, a row per class, the matrix.
+
+    Keys: `accuracy`, `precision_macro`, `recall_macro`, `f1_macro`, `samples`, `per_class`
+    (one dict per class: `class`, `support`, `correct`, `precision`, `recall`, `f1`) and
+    `confusion_matrix` (rows: true class). This is what `mnist-guide evaluate --json` prints.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    needed = {*HEADLINE_KEYS[1:], "accuracy_micro", "precision_per_class", "recall_per_class", "f1_per_class", "confusion_matrix"}
+    missing = needed - set(values)
+    if missing:
+        raise ValueError(f"metric values lack {sorted(missing)}: pass classification_metrics().compute()")
+    matrix = values["confusion_matrix"].detach().cpu().to(torch.int64)
+    if len(class_names) != matrix.shape[0]:
+        raise ValueError(f"{len(class_names)} class names for a {matrix.shape[0]}-class confusion matrix")
+    support, correct = matrix.sum(dim=1), matrix.diagonal()
+    per_class = [
+        {
+            "class": name,
+            "support": int(support[c]),
+            "correct": int(correct[c]),
+            "precision": _score(values["precision_per_class"][c]),
+            "recall": _score(values["recall_per_class"][c]),
+            "f1": _score(values["f1_per_class"][c]),
+        }
+        for c, name in enumerate(class_names)
+    ]
+    return {
+        "accuracy": _score(values["accuracy_micro"]),
+        "precision_macro": _score(values["precision_macro"]),
+        "recall_macro": _score(values["recall_macro"]),
+        "f1_macro": _score(values["f1_macro"]),
+        "samples": int(matrix.sum()),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def format_report(report: Mapping) -> str:
+    """Render `classification_report()` as text: headline scores, the per-class table, the confusion matrix.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    samples = report["samples"]
+    correct = sum(row["correct"] for row in report["per_class"])
+    lines = [
+        f"accuracy  {report['accuracy']:.2%}  ({correct:,} of {samples:,} correct, {samples - correct:,} mistakes)",
+        f"macro     precision {report['precision_macro']:.2%}  recall {report['recall_macro']:.2%}  "
+        f"F1 {report['f1_macro']:.2%}",
+        "",
+        f"{'class':>5}  {'support':>7}  {'correct':>7}  {'precision':>9}  {'recall':>7}  {'F1':>7}",
+    ]
+    for row in report["per_class"]:
+        lines.append(
+            f"{row['class']:>5}  {row['support']:>7,}  {row['correct']:>7,}  {row['precision']:>9.2%}  "
+            f"{row['recall']:>7.2%}  {row['f1']:>7.2%}"
+        )
+    names = [row["class"] for row in report["per_class"]]
+    width = max(5, *(len(f"{count:,}") for row in report["confusion_matrix"] for count in row))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+    lines.append(f"{'':>5}  " + " ".join(f"{name:>{width}}" for name in names))
+    for name, row in zip(names, report["confusion_matrix"], strict=True):
+        lines.append(f"{name:>5}  " + " ".join(f"{count:>{width},}" for count in row))
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 1000,
+    data_root: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Load a course checkpoint, score it on the MNIST test set and return `classification_report()`.
+
+    A missing, damaged or foreign checkpoint raises `CheckpointError`. Used by `mnist-guide evaluate`.
+
+    Taught in notebooks/07_evaluation.ipynb.
+    """
+    model, _ = load_checkpoint(path)
+    device = pick_device(device)
+    model.to(device)
+    images, labels = mnist_tensors(train=False, root=data_root)
+    loader = TensorLoader(images, labels, batch_size, device=device)
+    metrics = classification_metrics(model.config.num_classes)
+    predict(model, loader, device=device, metrics=metrics, progress=progress)
+    return classification_report(metrics.compute())
