@@ -142,3 +142,79 @@ def plot_confusion_matrix(
     ax.set_title(title or ("Confusion matrix (% of each true class)" if normalize else "Confusion matrix (counts)"))
     fig.tight_layout()
     return fig
+
+
+def plot_feature_maps(
+    maps: torch.Tensor,
+    *,
+    titles: Sequence[str] | None = None,
+    ncols: int = 8,
+    title: str | None = None,
+    cmap: str = "viridis",
+    cell_size: float = 1.3,
+):
+    """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale.
+
+    Taught in notebooks/06_mnist_cnn.ipynb.
+    """
+    maps = maps.detach().to("cpu", torch.float32)
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.dim() != 3:
+        raise ValueError(f"expected maps shaped [C, H, W] (or [C, 1, H, W]), got {tuple(maps.shape)}")
+    count = len(maps)
+    ncols = min(ncols, count)
+    nrows = -(-count // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_size, nrows * cell_size * 1.15), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index < count:
+            ax.imshow(maps[index], cmap=cmap)
+            if titles is not None:
+                ax.set_title(titles[index], fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_convolution_step(
+    image: torch.Tensor, kernel: torch.Tensor, positions: Sequence[tuple[int, int]], *, title: str | None = None
+):
+    """Draw a kernel sliding over an image: the window at each position, the kernel, and the output it fills.
+
+    One row per `(row, col)` position: the image with the kernel's window outlined, the window
+    times the kernel, and the output map with that position's value marked. Returns the figure.
+
+    Taught in notebooks/06_mnist_cnn.ipynb.
+    """
+    from matplotlib.patches import Rectangle
+
+    image = image.detach().to("cpu", torch.float32).reshape(image.shape[-2:])
+    kernel = kernel.detach().to("cpu", torch.float32).reshape(kernel.shape[-2:])
+    size = kernel.shape[0]
+    output = torch.nn.functional.conv2d(image[None, None], kernel[None, None])[0, 0]
+    limit = float(output.abs().max()) or 1.0
+    fig, axes = plt.subplots(len(positions), 3, figsize=(9, 3.1 * len(positions)), squeeze=False)
+    for (row, col), (image_ax, product_ax, output_ax) in zip(positions, axes, strict=True):
+        image_ax.imshow(image, cmap="gray_r")
+        image_ax.add_patch(Rectangle((col - 0.5, row - 0.5), size, size, fill=False, edgecolor="crimson", linewidth=2))
+        image_ax.set_title(f"window at row {row}, column {col}", fontsize=10)
+        product = image[row : row + size, col : col + size] * kernel
+        bound = float(product.abs().max()) or 1.0
+        product_ax.imshow(product, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        for (r, c), value in zip(((r, c) for r in range(size) for c in range(size)), product.flatten(), strict=True):
+            text = f"{float(value):.1f}"
+            text = "0.0" if text == "-0.0" else text
+            product_ax.text(c, r, text, ha="center", va="center", fontsize=7 if size <= 5 else 5)
+        product_ax.set_title(f"window × kernel, sum = {float(product.sum()):.2f}", fontsize=10)
+        output_ax.imshow(output, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        output_ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+        output_ax.set_title(f"output[{row}, {col}] = {float(output[row, col]):.2f}", fontsize=10)
+        for ax in (image_ax, product_ax, output_ax):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
