@@ -1,4 +1,4 @@
-"""`mnist-guide`: the course's steps without a notebook (info, train; evaluate, export and serve come later)."""
+"""`mnist-guide`: the course's steps without a notebook: info, train, evaluate, export, serve."""
 
 from __future__ import annotations
 
@@ -73,6 +73,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from mnist_guide import export
+    from mnist_guide.training import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    if args.format == "aoti":
+        print("compiling with AOTInductor (about 30 s on a laptop CPU) ...", file=sys.stderr, flush=True)
+    out = export.export_model(model, args.format, args.out)
+    pixels, tolerance = export.example_pixels(64), export.PARITY_TOLERANCE
+    with torch.inference_mode():
+        difference = float((export.load_deployed(out)(pixels) - export.make_deployable(model)(pixels)).abs().max())
+    if difference > tolerance:
+        print(f"mnist-guide: error: {out} differs from the checkpoint by {difference:.1e} (> {tolerance:.0e})", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({args.format}, {out.stat().st_size / 1e6:.1f} MB): float32 [N, 1, 28, 28] pixels in [0, 1] "
+          f"-> logits [N, 10]; matches the checkpoint within {tolerance:.0e}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mnist_guide.serve import serve
+
+    serve(args.model, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mnist-guide` command line and its subcommands."""
     parser = argparse.ArgumentParser(prog="mnist-guide", description=__doc__)
@@ -99,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=1000, help="test images per batch (default: 1000)")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    export = commands.add_parser("export", help="write the model as TorchScript, a torch.export program or an AOTInductor package")
+    export.add_argument("--checkpoint", required=True, help="a checkpoint file (artifacts/mnist_cnn.pt, or OUT/checkpoint.pt from train)")
+    export.add_argument("--format", required=True, choices=["torchscript", "export", "aoti"], help="torchscript (.pt), export or aoti (.pt2)")
+    export.add_argument("--out", required=True, help="the file to write")
+    export.set_defaults(handler=_cmd_export)
+
+    serve = commands.add_parser("serve", help="serve an exported model over HTTP: GET /health, POST /predict")
+    serve.add_argument("--model", required=True, help="a file written by `mnist-guide export` (any format)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 

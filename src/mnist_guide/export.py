@@ -1,0 +1,464 @@
+"""The trained model in deployable forms: TorchScript, torch.export, AOTInductor; parity; a C++ classifier.
+
+Every form takes float32 `[N, 1, 28, 28]` pixels in [0, 1] (what `ToTensor()` gives) and returns
+logits `[N, 10]`: the normalisation lives inside the module, so a client needs no constants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnist_guide.data import MNIST_MEAN, MNIST_STD
+from mnist_guide.runtime import artifacts_dir
+
+#: The file formats `export_model` writes and `load_deployed` reads.
+FORMATS = ("torchscript", "export", "aoti")
+
+#: The largest absolute difference in logits allowed between an exported form and the eager model.
+PARITY_TOLERANCE = 1e-4
+
+#: The C++ classifier's source, shipped inside the package.
+CPP_SOURCE = Path(__file__).with_name("classify.cpp")
+
+_JIT_DEPRECATION = r"`torch\.jit\.[a-z_]+` is deprecated"
+
+
+class ExportError(ValueError):
+    """A model file cannot be written, read or recognised, or the C++ program cannot be built."""
+
+
+class DeployableMnist(nn.Module):
+    """The trained CNN with its input normalisation inside: pixels in [0, 1] in, logits out.
+
+    `[N, 1, 28, 28]` float32 pixels (any N) -> `[N, 10]` logits. Clients send what
+    `ToTensor()` gives and need neither the mean nor the standard deviation.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+
+    def __init__(self, model: nn.Module, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std)
+
+
+def make_deployable(model: nn.Module) -> DeployableMnist:
+    """Wrap a copy of `model` (on the CPU, in eval mode) with the normalisation; the original is untouched.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
+    return DeployableMnist(model).eval()
+
+
+def example_pixels(batch_size: int = 2, seed: int = 0) -> torch.Tensor:
+    """Random float32 pixels `[batch_size, 1, 28, 28]` in [0, 1], the shape every deployed form takes.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    return torch.rand(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+@contextlib.contextmanager
+def quiet_torchscript_deprecation() -> Iterator[None]:
+    """Silence torch's "`torch.jit.*` is deprecated" FutureWarning inside the block (shown once in 08).
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+        yield
+
+
+def _atomic_output(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(temporary_path)` beside `path`, then rename the result into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_torchscript(module: nn.Module, method: str = "script", example: torch.Tensor | None = None):
+    """Turn `module` into TorchScript by `"script"` (compiles the Python code) or `"trace"` (records one run).
+
+    Scripting keeps data-dependent branches; tracing freezes the branch the example took.
+    The course CNN has no such branch, so both agree on it.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    if method not in ("script", "trace"):
+        raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
+    with quiet_torchscript_deprecation():
+        if method == "script":
+            return torch.jit.script(module)
+        return torch.jit.trace(module, example if example is not None else example_pixels())
+
+
+def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path:
+    """Write a TorchScript module atomically (a temporary file, then a rename); returns the path.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    with quiet_torchscript_deprecation():
+        return _atomic_output(Path(path), lambda temporary: torch.jit.save(scripted, str(temporary)))
+
+
+def export_program(module: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
+    """`torch.export` the module with a dynamic batch dimension, so one program serves any batch size.
+
+    The module must be in eval mode first: BatchNorm and dropout are captured as they are, and
+    the exported module cannot be switched afterwards.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    if module.training:
+        raise ValueError("the module is in training mode: call .eval() before exporting it")
+    example = example if example is not None else example_pixels(2)
+    batch = torch.export.Dim("batch")
+    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
+    """Write an exported program with `torch.export.save`, atomically; returns the path (`.pt2`).
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    return _atomic_output(Path(path), lambda temporary: torch.export.save(program, str(temporary)))
+
+
+@contextlib.contextmanager
+def _quiet_cpp_extension_log() -> Iterator[None]:
+    # On a CUDA wheel without a CUDA toolkit, inductor logs "No CUDA runtime is found": noise on a CPU build.
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Path:
+    """Compile an exported program ahead of time with AOTInductor into a `.pt2` package; returns the path.
+
+    The package holds a shared library built for this machine's CPU (about 30 s cold with gcc);
+    `load_deployed` or `torch._inductor.aoti_load_package` runs it without Python model code.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ValueError(f"{path}: an AOTInductor package must end in .pt2")
+
+    def write(temporary: Path) -> None:
+        with _quiet_cpp_extension_log():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
+
+    return _atomic_output(path, write)
+
+
+def detect_format(path: str | Path) -> str:
+    """Say which of `FORMATS` a model file holds, from the names inside its zip archive.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file. Write one with `mnist-guide export`.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ExportError(f"{path}: not a model archive ({error}). Write one with `mnist-guide export`.") from error
+    if any("/data/aotinductor/" in name for name in names):
+        return "aoti"
+    if any(name.endswith("/models/model.json") for name in names):
+        return "export"
+    if any(name.endswith("/data.pkl") for name in names) and any("/code/" in name for name in names):
+        return "torchscript"
+    raise ExportError(f"{path}: a zip archive, but not TorchScript, torch.export or AOTInductor.")
+
+
+@dataclass
+class DeployedModel:
+    """A model file loaded back: call it on pixels `[N, 1, 28, 28]` in [0, 1] to get logits `[N, 10]`.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+
+    path: Path
+    format: str
+    module: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.module(pixels)
+
+
+def load_deployed(path: str | Path, format: str | None = None) -> DeployedModel:
+    """Load a TorchScript file, a `torch.export` program or an AOTInductor package, whichever `path` holds.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    path = Path(path)
+    format = format or detect_format(path)
+    if format not in FORMATS:
+        raise ExportError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+    try:
+        if format == "torchscript":
+            with quiet_torchscript_deprecation():
+                module = torch.jit.load(str(path), map_location="cpu")
+            module.eval()
+        elif format == "export":
+            module = torch.export.load(str(path)).module()
+        else:
+            with _quiet_cpp_extension_log():
+                module = torch._inductor.aoti_load_package(str(path))
+    except (RuntimeError, ValueError, KeyError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ExportError(f"{path}: could not load it as {format} ({first_line}).") from error
+    return DeployedModel(path, format, module)
+
+
+def export_model(model: nn.Module, format: str, out: str | Path) -> Path:
+    """Write `model` (the plain CNN) as a deployable file of `format`; what `mnist-guide export` does.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+    deployable = make_deployable(model)
+    if format == "torchscript":
+        return save_torchscript(to_torchscript(deployable), out)
+    program = export_program(deployable)
+    if format == "export":
+        return save_program(program, out)
+    return compile_aoti(program, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Parity
+
+
+@dataclass
+class ParityReport:
+    """How one exported form compares with the eager model over a set of images.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+
+    name: str
+    max_abs_diff: float
+    tolerance: float
+    accuracy: float
+    reference_accuracy: float
+    same_predictions: int
+    count: int
+
+    @property
+    def ok(self) -> bool:
+        """Within tolerance everywhere, and the same test accuracy as the eager model."""
+        return self.max_abs_diff <= self.tolerance and self.accuracy == self.reference_accuracy
+
+
+@torch.inference_mode()
+def check_parity(
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    candidates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    tolerance: float = PARITY_TOLERANCE,
+    batch_size: int = 1000,
+) -> list[ParityReport]:
+    """Compare each candidate's logits with the reference's on every image; one report per candidate.
+
+    `pixels` are `[N, 1, 28, 28]` in [0, 1]. A report is `ok` when no logit differs by more than
+    `tolerance` and the accuracy on `labels` is the reference's.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"pixels must be [N, 1, 28, 28], got {list(pixels.shape)}")
+    if len(pixels) != len(labels) or len(pixels) == 0:
+        raise ValueError(f"need as many labels as images (and at least one): {len(pixels)} images, {len(labels)} labels")
+    batches = [(pixels[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    expected = [reference(images) for images, _ in batches]
+    reference_correct = sum(int((logits.argmax(1) == y).sum()) for logits, (_, y) in zip(expected, batches, strict=True))
+    reports = []
+    for name, candidate in candidates.items():
+        max_diff, correct, same = 0.0, 0, 0
+        for want, (images, y) in zip(expected, batches, strict=True):
+            got = candidate(images)
+            if tuple(got.shape) != tuple(want.shape):
+                raise ValueError(f"{name}: returned shape {list(got.shape)}, the reference {list(want.shape)}")
+            max_diff = max(max_diff, float((got - want).abs().max()))
+            correct += int((got.argmax(1) == y).sum())
+            same += int((got.argmax(1) == want.argmax(1)).sum())
+        reports.append(
+            ParityReport(name, max_diff, tolerance, correct / len(labels), reference_correct / len(labels), same, len(labels))
+        )
+    return reports
+
+
+def format_parity(reports: Sequence[ParityReport], show_difference: bool = False) -> str:
+    """Render parity reports as a table (the measured difference only when asked: it varies by machine).
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    lines = [f"{'form':<12} {'within ' + format(reports[0].tolerance, '.0e'):>12} {'accuracy':>9} {'eager':>8} {'same digit':>12}"]
+    if show_difference:
+        lines[0] += f" {'max |diff|':>11}"
+    for report in reports:
+        line = (
+            f"{report.name:<12} {'yes' if report.max_abs_diff <= report.tolerance else 'NO':>12} "
+            f"{report.accuracy:>9.2%} {report.reference_accuracy:>8.2%} {f'{report.same_predictions}/{report.count}':>12}"
+        )
+        if show_difference:
+            line += f" {report.max_abs_diff:>11.1e}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Images for the C++ program: binary PGM
+
+
+def pgm_bytes(image: torch.Tensor) -> bytes:
+    """Encode a `[28, 28]` uint8 image as a binary PGM (`P5`), the C++ classifier's input format.
+
+    PGM is a 15-byte text header and the raw grey levels: a C++ program reads it without an
+    image library, and any image viewer shows it.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    image = image.detach().cpu()
+    if image.dim() == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.dtype != torch.uint8 or image.dim() != 2:
+        raise ValueError(f"expected a [28, 28] uint8 image, got {image.dtype} {list(image.shape)}")
+    height, width = image.shape
+    return f"P5\n{width} {height}\n255\n".encode("ascii") + image.contiguous().numpy().tobytes()
+
+
+def write_pgm(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a `[28, 28]` uint8 image as a binary PGM file.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pgm_bytes(image))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The C++ classifier
+
+
+def torch_install_dir() -> Path:
+    """The installed torch package's folder, which holds libtorch's `include/` and `lib/`.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    return Path(torch.__file__).resolve().parent
+
+
+def compile_command(source: str | Path, output: str | Path, compiler: str = "g++") -> list[str]:
+    """The g++ command line that builds a libtorch program against the installed torch wheel.
+
+    CMake's `find_package(Torch)` fails on the CUDA wheel without a CUDA toolkit, so the
+    include and library folders are named directly.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    root = torch_install_dir()
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
+    return [
+        compiler, "-std=c++20", "-O2", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+        str(source), "-o", str(output),
+        f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}", "-ltorch", "-ltorch_cpu", "-lc10",
+    ]
+
+
+def classifier_path(source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None) -> Path:
+    """Where the built classifier lives: `artifacts/cpp/classify-<key>`, keyed by source, torch and flags.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    source = Path(source)
+    key = hashlib.sha256()
+    key.update(source.read_bytes())
+    key.update(torch.__version__.encode())
+    key.update(" ".join(compile_command("SOURCE", "OUTPUT")).encode())
+    folder = Path(out_dir) if out_dir is not None else artifacts_dir() / "cpp"
+    return folder / f"{source.stem}-{key.hexdigest()[:16]}"
+
+
+def build_classifier(
+    source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None, *, force: bool = False, compiler: str = "g++"
+) -> Path:
+    """Build the C++ classifier with g++ against the wheel's libtorch, or reuse the cached binary.
+
+    The build takes about 20 s and 1 GB of memory; the binary is cached under a name keyed by
+    the source, the torch version and the flags, so a rerun skips it. Returns the binary's path.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    binary = classifier_path(source, out_dir)
+    if binary.is_file() and os.access(binary, os.X_OK) and not force:
+        return binary
+    if shutil.which(compiler) is None:
+        raise ExportError(f"{compiler} not found: install a C++20 compiler (Debian/Ubuntu: apt install g++).")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    temporary = binary.with_name(f".{binary.name}.{os.getpid()}.tmp")
+    try:
+        result = subprocess.run(compile_command(source, temporary, compiler), capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-20:])
+            raise ExportError(f"building {source} failed (exit {result.returncode}):\n{tail}")
+        os.replace(temporary, binary)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return binary
+
+
+def run_classifier(
+    binary: str | Path, model: str | Path, images: Sequence[str | Path] | None = None, *,
+    stdin: bytes | None = None, timeout: float = 120,
+) -> list[int]:
+    """Run the C++ classifier on PGM files (or PGM bytes on stdin); returns the digits it printed.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    command = [str(binary), str(model), *(str(image) for image in images or [])]
+    result = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
+    if result.returncode != 0:
+        raise ExportError(f"the classifier failed (exit {result.returncode}): {result.stderr.decode(errors='replace').strip()}")
+    return [int(line) for line in result.stdout.decode().split()]

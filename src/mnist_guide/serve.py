@@ -1,0 +1,312 @@
+"""An HTTP server for an exported model: `GET /health`, `POST /predict` with JSON pixels or a PNG upload.
+
+Every bad request (wrong shape, non-numbers, NaN, values out of range, not an image, an empty or
+oversized body) gets a 4xx answer with a JSON `{"detail": ...}` message; the server never crashes
+on input. It binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from mnist_guide import __version__
+from mnist_guide.export import DeployedModel, load_deployed
+
+#: The largest request body accepted (1 MiB); larger ones get 413.
+MAX_BODY_BYTES = 1 << 20
+
+SIDE = 28
+
+_USAGE = 'send JSON {"pixels": [[28 numbers 0-255] x 28]} or a 28 x 28 PNG in the form field `file`'
+
+
+class BadInput(Exception):
+    """A request the server refuses: carries the HTTP status (4xx) and the message for the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def pixels_from_json(body: bytes) -> torch.Tensor:
+    """Parse and check `{"pixels": [[...] x 28]}`: 28 rows of 28 finite numbers in [0, 255].
+
+    Returns float32 `[28, 28]` grey levels; anything else raises `BadInput` saying what is wrong.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except _NonFinite as error:
+        raise BadInput(422, f"{error} is not a number a pixel can take: pixels are numbers 0-255") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, absurd nesting or digits
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BadInput(400, f"the body is not valid JSON ({reason[:200]}); {_USAGE}") from None
+    if not isinstance(payload, dict) or "pixels" not in payload:
+        raise BadInput(422, f"expected a JSON object with the key `pixels`; {_USAGE}")
+    rows = payload["pixels"]
+    if not isinstance(rows, list) or len(rows) != SIDE:
+        got = f"a list of {len(rows)}" if isinstance(rows, list) else f"a {type(rows).__name__}"
+        raise BadInput(422, f"`pixels` must be a list of 28 rows, got {got}")
+    values: list[float] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != SIDE:
+            got = f"a list of {len(row)}" if isinstance(row, list) else f"a {type(row).__name__}"
+            raise BadInput(422, f"`pixels[{i}]` must be a list of 28 numbers, got {got}")
+        for j, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadInput(422, f"`pixels[{i}][{j}]` is {json.dumps(value)[:40]}, not a number 0-255")
+            if not (math.isfinite(value) and 0 <= value <= 255):
+                raise BadInput(422, f"`pixels[{i}][{j}]` is {str(value)[:40]}, outside 0-255")
+            values.append(float(value))
+    return torch.tensor(values, dtype=torch.float32).view(SIDE, SIDE)
+
+
+def pixels_from_png(data: bytes) -> torch.Tensor:
+    """Decode a 28 x 28 PNG (white digit on black, as in MNIST) into float32 `[28, 28]` grey levels 0-255.
+
+    Other sizes are refused rather than resized: the model only knows centred 28 x 28 digits.
+    The size is checked before the pixels are decoded, so a small file cannot unpack into a huge image.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise BadInput(400, f"the uploaded file is empty; {_USAGE}")
+    try:
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+    except Image.DecompressionBombError:
+        raise BadInput(422, "the image is far larger than 28 x 28 (resize and centre it first)") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise BadInput(415, f"the uploaded file is not a PNG image; {_USAGE}") from None
+    if image.size != (SIDE, SIDE):
+        raise BadInput(422, f"the image is {image.size[0]} x {image.size[1]}, expected 28 x 28 (resize and centre it first)")
+    try:
+        grey = image.convert("L")
+    except (OSError, ValueError, SyntaxError):
+        raise BadInput(422, "the PNG is damaged: its pixels cannot be decoded") from None
+    return torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(SIDE, SIDE).to(torch.float32)
+
+
+class Prediction(BaseModel):
+    """The answer of `POST /predict`: the digit and the ten class probabilities."""
+
+    digit: int
+    probabilities: list[float]
+
+
+@dataclass
+class Predictor:
+    """An exported model behind a lock: grey levels `[28, 28]` in 0-255 -> digit and probabilities.
+
+    The lock lets one request at a time into the model: an AOTInductor package runs one call at
+    a time anyway, and on a CPU the model's own threads already use every core.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+
+    model: DeployedModel
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, grey_levels: torch.Tensor) -> dict:
+        pixels = (grey_levels / 255.0).view(1, 1, SIDE, SIDE)
+        with self.lock, torch.inference_mode():
+            logits = self.model(pixels)
+        probabilities = torch.softmax(logits.float(), dim=1)[0]
+        return {"digit": int(probabilities.argmax()), "probabilities": [float(p) for p in probabilities]}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the request body, refusing (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadInput(413, f"the body is {int(declared):,} bytes; the limit is {limit:,} (1 MiB)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadInput(413, f"the body is over the limit of {limit:,} bytes (1 MiB)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _upload_from_form(request: Request, body: bytes) -> bytes:
+    """Parse a multipart body already read, and return the bytes of its `file` field."""
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+    except Exception as error:  # starlette raises HTTPException or MultiPartException for a bad body
+        raise BadInput(400, f"the multipart body cannot be parsed ({getattr(error, 'detail', error)}); {_USAGE}") from None
+    try:
+        upload = form.get("file")
+        if upload is None:
+            raise BadInput(422, f"the form has no field `file`; {_USAGE}")
+        if not isinstance(upload, UploadFile):
+            raise BadInput(422, "the form field `file` must be a file upload, not text")
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """Build the FastAPI app serving the model file at `model_path` (any format `load_deployed` reads).
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    deployed = load_deployed(model_path)
+    predictor = Predictor(deployed)
+
+    app = FastAPI(title="mnist-guide digit reader", version=__version__, description=_USAGE)
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, error: BadInput) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": deployed.path.name, "format": deployed.format}
+
+    @app.post("/predict", response_model=Prediction)
+    async def predict(request: Request) -> dict:
+        body = await _read_body(request, max_body_bytes)
+        if not body:
+            raise BadInput(400, f"the body is empty; {_USAGE}")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            grey_levels = pixels_from_png(await _upload_from_form(request, body))
+        elif content_type in ("", "application/json") or content_type.endswith("+json"):
+            grey_levels = pixels_from_json(body)
+        else:
+            raise BadInput(415, f"content type {content_type!r} is not accepted; {_USAGE}")
+        return await run_in_threadpool(predictor, grey_levels)
+
+    return app
+
+
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve the model over HTTP with uvicorn until interrupted (what `mnist-guide serve` runs).
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    import uvicorn
+
+    uvicorn.run(create_app(model_path), host=host, port=port, log_level=log_level)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the server in a child process (notebooks and tests)
+
+
+def free_loopback_port() -> int:
+    """Ask the system for a TCP port that is free on 127.0.0.1 right now.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _stop_process(process: subprocess.Popen, log, timeout: float = 10) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    log.close()
+
+
+@dataclass
+class ServerProcess:
+    """`mnist-guide serve` running in a child process on a loopback port; `stop()` ends it.
+
+    It is also stopped when the object is garbage-collected or Python exits, so a notebook that
+    is re-run or shut down leaves no server behind. Use it as a context manager in scripts.
+
+    Taught in notebooks/08_deployment.ipynb.
+    """
+
+    process: subprocess.Popen
+    url: str
+    log: object = field(repr=False)
+
+    def __post_init__(self) -> None:
+        self._finalizer = weakref.finalize(self, _stop_process, self.process, self.log)
+
+    @classmethod
+    def start(cls, model_path: str | Path, port: int | None = None, timeout: float = 120) -> ServerProcess:
+        """Start the server on 127.0.0.1 and wait until `GET /health` answers."""
+        port = port or free_loopback_port()
+        log = tempfile.TemporaryFile()
+        command = [sys.executable, "-m", "mnist_guide.cli", "serve", "--model", str(model_path),
+                   "--host", "127.0.0.1", "--port", str(port)]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        server = cls(process, f"http://127.0.0.1:{port}", log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with status {process.returncode}:\n{server.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return server
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.1)
+        server.stop()
+        raise RuntimeError(f"the server did not answer on {server.url} within {timeout:.0f} s:\n{server.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the server printed (empty once stopped)."""
+        if self.log.closed:
+            return ""
+        self.log.seek(0)
+        return "\n".join(self.log.read().decode(errors="replace").splitlines()[-lines:])
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s); safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,369 @@
+"""mnist_guide.export: the deployable module, TorchScript, torch.export, AOTInductor, parity, the C++ classifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_guide import cli, export
+from mnist_guide.data import MNIST_MEAN, MNIST_STD, mnist_tensors, prepare_mnist
+from mnist_guide.training import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model(course_checkpoint: Path) -> nn.Module:
+    return load_checkpoint(course_checkpoint)[0].eval()
+
+
+@pytest.fixture(scope="module")
+def test_pixels() -> tuple[torch.Tensor, torch.Tensor]:
+    return mnist_tensors(train=False, normalize=False)
+
+
+@pytest.fixture(scope="module")
+def cli_files(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The TorchScript file and the .pt2 program, each written by `mnist-guide export`."""
+    folder = tmp_path_factory.mktemp("exported")
+    files = {"torchscript": folder / "mnist_cnn.pt", "export": folder / "mnist_cnn.pt2"}
+    for format, out in files.items():
+        code = cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", format, "--out", str(out)])
+        assert code == 0 and out.is_file()
+    return files
+
+
+@pytest.fixture(scope="module")
+def aoti_file(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An AOTInductor package written by `mnist-guide export --format aoti` (about 30 s to compile)."""
+    out = tmp_path_factory.mktemp("aoti") / "mnist_cnn_aoti.pt2"
+    assert cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", "aoti", "--out", str(out)]) == 0
+    return out
+
+
+class Gate(nn.Module):
+    """Data-dependent control flow: doubles a batch with a positive mean, negates it otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            return 2 * x
+        return -x
+
+
+# --------------------------------------------------------------------------------------------
+# The deployable module
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 256])
+def test_deployable_normalises_inside_and_takes_any_batch(model, batch_size):
+    pixels = export.example_pixels(batch_size)
+    deployable = export.make_deployable(model)
+    with torch.inference_mode():
+        logits = deployable(pixels)
+        expected = model((pixels - MNIST_MEAN) / MNIST_STD)
+    assert logits.shape == (batch_size, 10) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected)
+
+
+def test_make_deployable_leaves_the_original_untouched(model):
+    deployable = export.make_deployable(model)
+    assert not deployable.training
+    assert deployable.model is not model
+    assert all(p.device.type == "cpu" for p in deployable.parameters())
+
+
+def test_trace_freezes_a_branch_that_script_keeps():
+    positive, negative = torch.ones(3), -torch.ones(3)
+    with pytest.warns(torch.jit.TracerWarning):
+        traced = export.to_torchscript(Gate(), "trace", example=positive)
+    scripted = export.to_torchscript(Gate(), "script")
+    assert torch.equal(scripted(negative), Gate()(negative))
+    assert torch.equal(traced(negative), 2 * negative), "the trace recorded only the positive branch"
+
+
+def test_to_torchscript_refuses_an_unknown_method(model):
+    with pytest.raises(ValueError, match="'script' or 'trace'"):
+        export.to_torchscript(model, "compile")
+
+
+def test_script_and_trace_agree_on_the_course_model(model):
+    deployable = export.make_deployable(model)
+    pixels = export.example_pixels(5)
+    with torch.inference_mode():
+        scripted = export.to_torchscript(deployable, "script")(pixels)
+        traced = export.to_torchscript(deployable, "trace")(pixels)
+    torch.testing.assert_close(scripted, traced)
+
+
+def test_exported_program_takes_any_batch_and_guards_the_image_shape(model):
+    program = export.export_program(export.make_deployable(model))
+    module = program.module()
+    for batch_size in (1, 2, 7, 300):
+        assert module(export.example_pixels(batch_size)).shape == (batch_size, 10)
+    with pytest.raises(Exception, match="28"):
+        module(torch.rand(2, 1, 32, 32))
+
+
+def test_export_program_refuses_a_model_in_training_mode(model):
+    with pytest.raises(ValueError, match="eval"):
+        export.export_program(export.make_deployable(model).train())
+
+
+# --------------------------------------------------------------------------------------------
+# Files: formats, loading, atomic writes
+
+
+def test_detect_format_and_load_each_cli_file(cli_files):
+    for format, path in cli_files.items():
+        assert export.detect_format(path) == format
+        loaded = export.load_deployed(path)
+        assert loaded.format == format
+        assert loaded(export.example_pixels(4)).shape == (4, 10)
+
+
+def test_load_deployed_explains_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mnist-guide export"):
+        export.load_deployed(tmp_path / "missing.pt")
+
+
+def test_load_deployed_refuses_a_file_that_is_not_a_model(tmp_path):
+    not_zip = tmp_path / "notes.pt"
+    not_zip.write_text("hello")
+    with pytest.raises(export.ExportError, match="not a model archive"):
+        export.load_deployed(not_zip)
+    other_zip = tmp_path / "other.pt2"
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("other/readme.txt", "not a model")
+    with pytest.raises(export.ExportError, match="not TorchScript"):
+        export.load_deployed(other_zip)
+
+
+def test_load_deployed_reports_a_truncated_file(cli_files, tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(cli_files["torchscript"].read_bytes()[:5000])
+    with pytest.raises(export.ExportError):
+        export.load_deployed(truncated, format="torchscript")
+
+
+def test_unknown_format_is_refused(model, tmp_path):
+    with pytest.raises(export.ExportError, match="unknown format"):
+        export.export_model(model, "onnx", tmp_path / "m.onnx")
+    with pytest.raises(export.ExportError, match="unknown format"):
+        export.load_deployed(tmp_path / "m.pt", format="onnx")
+
+
+def test_a_failed_write_keeps_the_previous_file(model, tmp_path, monkeypatch):
+    target = tmp_path / "model.pt"
+    export.save_torchscript(export.to_torchscript(export.make_deployable(model)), target)
+    before = target.read_bytes()
+
+    def broken_save(module, path):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch.jit, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        export.save_torchscript(export.to_torchscript(export.make_deployable(model)), target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"], "no temporary file is left behind"
+
+
+def test_cli_export_errors_are_short_messages(tmp_path, capsys):
+    code = cli.main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--format", "export", "--out", str(tmp_path / "m.pt2")])
+    assert code == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--checkpoint", "x.pt", "--format", "onnx", "--out", "m.onnx"])
+
+
+def test_compile_aoti_wants_a_pt2_name(model, tmp_path):
+    with pytest.raises(ValueError, match=".pt2"):
+        export.compile_aoti(export.export_program(export.make_deployable(model)), tmp_path / "model.so")
+
+
+# --------------------------------------------------------------------------------------------
+# Parity on the whole test set, and a fresh process without mnist_guide
+
+
+@pytest.mark.slow
+def test_every_exported_form_matches_eager_on_the_test_set(model, cli_files, aoti_file, test_pixels):
+    pixels, labels = test_pixels
+    candidates = {format: export.load_deployed(path) for format, path in cli_files.items()}
+    candidates["aoti"] = export.load_deployed(aoti_file)
+    reports = export.check_parity(export.make_deployable(model), candidates, pixels, labels)
+    assert [report.name for report in reports] == ["torchscript", "export", "aoti"]
+    for report in reports:
+        assert report.ok, export.format_parity(reports, show_difference=True)
+        assert report.accuracy >= 0.994
+        assert report.same_predictions == report.count == 10_000
+
+
+def test_check_parity_flags_a_difference_and_bad_input(model, test_pixels):
+    pixels, labels = test_pixels[0][:200], test_pixels[1][:200]
+    deployable = export.make_deployable(model)
+    reports = export.check_parity(deployable, {"shifted": lambda x: deployable(x) + 1e-3}, pixels, labels)
+    assert not reports[0].ok and reports[0].max_abs_diff == pytest.approx(1e-3, rel=1e-2)
+    assert "NO" in export.format_parity(reports)
+    with pytest.raises(ValueError, match=r"\[N, 1, 28, 28\]"):
+        export.check_parity(deployable, {}, pixels[:, 0], labels)
+    with pytest.raises(ValueError, match="as many labels"):
+        export.check_parity(deployable, {}, pixels, labels[:10])
+    with pytest.raises(ValueError, match="shape"):
+        export.check_parity(deployable, {"flat": lambda x: deployable(x)[:, :5]}, pixels, labels)
+
+
+FRESH_PROCESS_SCORE = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+
+    images_path, labels_path, *models = sys.argv[1:]
+    raw_images = open(images_path, "rb").read()[16:]
+    raw_labels = open(labels_path, "rb").read()[8:]
+    pixels = torch.frombuffer(bytearray(raw_images), dtype=torch.uint8).view(-1, 1, 28, 28).float() / 255
+    labels = torch.frombuffer(bytearray(raw_labels), dtype=torch.uint8).long()
+    scores = {}
+    for spec in models:
+        format, path = spec.split("=", 1)
+        if format == "torchscript":
+            model = torch.jit.load(path)
+        elif format == "export":
+            model = torch.export.load(path).module()
+        else:
+            model = torch._inductor.aoti_load_package(path)
+        with torch.inference_mode():
+            predictions = torch.cat([model(batch).argmax(1) for batch in pixels.split(1000)])
+        scores[format] = (predictions == labels).float().mean().item()
+    print(json.dumps({"scores": scores, "mnist_guide_imported": "mnist_guide" in sys.modules}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_fresh_process_without_mnist_guide_scores_the_cli_files(cli_files, aoti_file, tmp_path):
+    raw = prepare_mnist() / "MNIST" / "raw"
+    script = tmp_path / "score.py"
+    script.write_text(FRESH_PROCESS_SCORE)
+    specs = [f"{format}={path}" for format, path in {**cli_files, "aoti": aoti_file}.items()]
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::FutureWarning", str(script),
+         str(raw / "t10k-images-idx3-ubyte"), str(raw / "t10k-labels-idx1-ubyte"), *specs],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["mnist_guide_imported"] is False
+    assert set(outcome["scores"]) == {"torchscript", "export", "aoti"}
+    for format, accuracy in outcome["scores"].items():
+        assert accuracy >= 0.994, f"{format}: {accuracy:.2%}"
+
+
+# --------------------------------------------------------------------------------------------
+# PGM images and the C++ classifier
+
+
+def test_pgm_bytes_is_a_header_and_the_grey_levels(test_pixels):
+    from PIL import Image
+
+    image = (test_pixels[0][0, 0] * 255).round().to(torch.uint8)
+    data = export.pgm_bytes(image)
+    assert data.startswith(b"P5\n28 28\n255\n") and len(data) == 13 + 784
+    decoded = Image.open(__import__("io").BytesIO(data))
+    assert decoded.size == (28, 28)
+    assert torch.equal(torch.frombuffer(bytearray(decoded.tobytes()), dtype=torch.uint8).view(28, 28), image)
+
+
+def test_pgm_bytes_refuses_other_images():
+    with pytest.raises(ValueError, match="uint8"):
+        export.pgm_bytes(torch.rand(28, 28))
+    with pytest.raises(ValueError, match="uint8"):
+        export.pgm_bytes(torch.zeros(2, 28, 28, dtype=torch.uint8))
+
+
+def test_compile_command_uses_the_wheel_and_the_flags_the_guide_names():
+    command = export.compile_command("prog.cpp", "prog")
+    root = export.torch_install_dir()
+    assert command[:3] == ["g++", "-std=c++20", "-O2"]
+    assert "-D_GLIBCXX_USE_CXX11_ABI=1" in command
+    assert f"-I{root / 'include'}" in command and f"-Wl,-rpath,{root / 'lib'}" in command
+    assert command[-3:] == ["-ltorch", "-ltorch_cpu", "-lc10"]
+
+
+def test_the_cache_key_follows_the_source(tmp_path):
+    source = tmp_path / "classify.cpp"
+    source.write_text("int main() { return 0; }\n")
+    first = export.classifier_path(source, tmp_path)
+    source.write_text("int main() { return 1; }\n")
+    assert export.classifier_path(source, tmp_path) != first
+    assert export.classifier_path().parent.name == "cpp"
+
+
+def test_a_broken_source_gives_the_compiler_message(tmp_path):
+    source = tmp_path / "broken.cpp"
+    source.write_text("int main( {\n")
+    with pytest.raises(export.ExportError, match="failed"):
+        export.build_classifier(source, tmp_path)
+    assert not any(tmp_path.glob("broken-*")), "no binary is left from a failed build"
+
+
+def test_a_missing_compiler_is_explained(tmp_path):
+    with pytest.raises(export.ExportError, match="not found"):
+        export.build_classifier(out_dir=tmp_path, compiler="no-such-g++")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Path:
+    """The C++ classifier, built once (about 20 s) and cached in artifacts/cpp/."""
+    return export.build_classifier()
+
+
+@pytest.mark.slow
+def test_the_cpp_program_classifies_test_images(classifier, cli_files, model, test_pixels, tmp_path):
+    pixels, labels = test_pixels[0][:12], test_pixels[1][:12]
+    images = (pixels[:, 0] * 255).round().to(torch.uint8)
+    files = [export.write_pgm(image, tmp_path / f"digit_{i}.pgm") for i, image in enumerate(images)]
+    with torch.inference_mode():
+        expected = export.make_deployable(model)(images[:, None].float() / 255).argmax(1).tolist()
+    from_files = export.run_classifier(classifier, cli_files["torchscript"], files)
+    from_stdin = export.run_classifier(classifier, cli_files["torchscript"], stdin=b"".join(map(export.pgm_bytes, images)))
+    assert from_files == from_stdin == expected
+    assert sum(d == y for d, y in zip(from_files, labels.tolist(), strict=True)) >= 11
+
+
+@pytest.mark.slow
+def test_the_cpp_program_is_cached(classifier):
+    modified = classifier.stat().st_mtime_ns
+    assert export.build_classifier() == classifier
+    assert classifier.stat().st_mtime_ns == modified
+
+
+@pytest.mark.slow
+def test_the_cpp_program_refuses_bad_input(classifier, cli_files, tmp_path):
+    model_file = cli_files["torchscript"]
+    not_pgm = tmp_path / "digit.png"
+    not_pgm.write_bytes(b"\x89PNG not really")
+    wrong_size = tmp_path / "big.pgm"
+    wrong_size.write_bytes(b"P5\n32 32\n255\n" + bytes(32 * 32))
+    truncated = tmp_path / "short.pgm"
+    truncated.write_bytes(b"P5\n28 28\n255\n" + bytes(100))
+    cases = [
+        ([not_pgm], "P5"), ([wrong_size], "32 x 32"), ([truncated], "truncated"),
+        ([tmp_path / "missing.pgm"], "cannot open"),
+    ]
+    for images, message in cases:
+        with pytest.raises(export.ExportError, match=message):
+            export.run_classifier(classifier, model_file, images)
+    with pytest.raises(export.ExportError, match="cannot load"):
+        export.run_classifier(classifier, not_pgm, stdin=export.pgm_bytes(torch.zeros(28, 28, dtype=torch.uint8)))
+    with pytest.raises(export.ExportError, match="no images"):
+        export.run_classifier(classifier, model_file, stdin=b"")
+    usage = subprocess.run([str(classifier)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr

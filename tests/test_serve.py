@@ -1,0 +1,259 @@
+"""mnist_guide.serve: input checks, and the real server on loopback (good requests, bad input, concurrency)."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+
+from mnist_guide import cli, export, serve
+from mnist_guide.data import mnist_dataset
+from mnist_guide.training import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 64 test images as uint8 `[64, 28, 28]` and their labels."""
+    dataset = mnist_dataset(train=False)
+    return dataset.data[:64], dataset.targets[:64]
+
+
+@pytest.fixture(scope="module")
+def model_file(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serve") / "mnist_cnn.pt"
+    assert cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected_digits(course_checkpoint: Path, digits) -> list[int]:
+    model = export.make_deployable(load_checkpoint(course_checkpoint)[0])
+    with torch.inference_mode():
+        return model(digits[0][:, None].float() / 255).argmax(1).tolist()
+
+
+@pytest.fixture(scope="module")
+def server(model_file: Path):
+    """`mnist-guide serve` in a child process on a free loopback port, stopped after the module."""
+    running = serve.ServerProcess.start(model_file)
+    yield running
+    running.stop()
+    assert not running.running, "stop() ends the server process"
+
+
+@pytest.fixture
+def client(server) -> httpx.Client:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def png_bytes(image: torch.Tensor | Image.Image) -> bytes:
+    if isinstance(image, torch.Tensor):
+        image = Image.fromarray(image.numpy())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Checking input without a server
+
+
+def test_pixels_from_json_accepts_28_rows_of_28_numbers():
+    rows = [[float(j) if i % 2 else j for j in range(28)] for i in range(28)]
+    grey = serve.pixels_from_json(json.dumps({"pixels": rows}).encode())
+    assert grey.shape == (28, 28) and grey.dtype == torch.float32
+    assert grey[1, 27] == 27
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{", 400, "not valid JSON"),
+        (b"\xff\xfe{", 400, "not valid JSON"),
+        (b"[" * 200_000, 400, "not valid JSON"),
+        (b'{"pixels": [[' + b"9" * 5000 + b"]]}", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "key `pixels`"),
+        (b'{"image": []}', 422, "key `pixels`"),
+        (b'{"pixels": "0"}', 422, "28 rows"),
+        (b'{"pixels": NaN}', 422, "NaN"),
+        (b'{"pixels": [[Infinity]]}', 422, "Infinity"),
+    ],
+)
+def test_pixels_from_json_refuses_malformed_bodies(body, status, message):
+    with pytest.raises(serve.BadInput, match=message) as caught:
+        serve.pixels_from_json(body)
+    assert caught.value.status == status
+
+
+def test_pixels_from_png_reads_a_28x28_png_and_refuses_other_sizes(digits):
+    grey = serve.pixels_from_png(png_bytes(digits[0][0]))
+    assert torch.equal(grey, digits[0][0].float())
+    rgb = serve.pixels_from_png(png_bytes(Image.fromarray(digits[0][0].numpy()).convert("RGB")))
+    assert torch.equal(rgb, grey)
+    with pytest.raises(serve.BadInput, match="100 x 60") as caught:
+        serve.pixels_from_png(png_bytes(Image.new("L", (100, 60))))
+    assert caught.value.status == 422
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` grey pixels but holds no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_a_huge_png_is_refused_before_decoding():
+    with pytest.raises(serve.BadInput, match="28 x 28"):
+        serve.pixels_from_png(png_header_only(100_000, 100_000))
+    with pytest.raises(serve.BadInput, match="5000 x 5000"):
+        serve.pixels_from_png(png_header_only(5000, 5000))
+    with pytest.raises(serve.BadInput, match="damaged"):
+        serve.pixels_from_png(png_header_only(28, 28))
+
+
+def test_the_server_binds_to_loopback_by_default():
+    assert inspect.signature(serve.serve).parameters["host"].default == "127.0.0.1"
+    assert cli.build_parser().parse_args(["serve", "--model", "m.pt"]).host == "127.0.0.1"
+
+
+def test_cli_serve_explains_a_missing_model(tmp_path, capsys):
+    assert cli.main(["serve", "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_server_process_reports_a_server_that_cannot_start(tmp_path):
+    with pytest.raises(RuntimeError, match="exited"):
+        serve.ServerProcess.start(tmp_path / "missing.pt")
+
+
+# --------------------------------------------------------------------------------------------
+# The real server over loopback
+
+
+def test_health(client):
+    answer = client.get("/health")
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok", "model": "mnist_cnn.pt", "format": "torchscript"}
+
+
+def test_predict_json_gives_the_digit_and_ten_probabilities(client, digits, expected_digits):
+    for image, expected in zip(digits[0][:8], expected_digits[:8], strict=True):
+        answer = client.post("/predict", json={"pixels": image.tolist()})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert set(body) == {"digit", "probabilities"}
+        assert body["digit"] == expected
+        assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-4
+        assert max(range(10), key=body["probabilities"].__getitem__) == expected
+
+
+def test_predict_accepts_fractional_grey_levels(client, digits, expected_digits):
+    answer = client.post("/predict", json={"pixels": (digits[0][0].float() * 0.999).tolist()})
+    assert answer.status_code == 200 and answer.json()["digit"] == expected_digits[0]
+
+
+def test_predict_png_upload(client, digits, expected_digits):
+    for image, expected in zip(digits[0][:4], expected_digits[:4], strict=True):
+        answer = client.post("/predict", files={"file": ("digit.png", png_bytes(image), "image/png")})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["digit"] == expected
+
+
+def _rows(value, rows: int = 28, columns: int = 28):
+    return {"pixels": [[value] * columns for _ in range(rows)]}
+
+
+BAD_REQUESTS = {
+    "empty body": dict(content=b"", headers={"content-type": "application/json"}),
+    "empty body, no content type": dict(content=b""),
+    "not JSON": dict(content=b"pixels please", headers={"content-type": "application/json"}),
+    "deeply nested JSON": dict(content=b"[" * 500_000, headers={"content-type": "application/json"}),
+    "a list, not an object": dict(json=[[0] * 28] * 28),
+    "no pixels key": dict(json={"image": [[0] * 28] * 28}),
+    "27 rows": dict(json=_rows(0, rows=27)),
+    "29 columns": dict(json=_rows(0, columns=29)),
+    "flat 784": dict(json={"pixels": [0] * 784}),
+    "three dimensions": dict(json={"pixels": [[[0]] * 28] * 28}),
+    "a number, not rows": dict(json={"pixels": 7}),
+    "strings": dict(json=_rows("12")),
+    "nulls": dict(json=_rows(None)),
+    "booleans": dict(json=_rows(True)),
+    "NaN": dict(content=json.dumps(_rows(float("nan"))).encode(), headers={"content-type": "application/json"}),
+    "Infinity": dict(content=json.dumps(_rows(float("inf"))).encode(), headers={"content-type": "application/json"}),
+    "1e400": dict(content=json.dumps(_rows(0)).replace("0", "1e400").encode(), headers={"content-type": "application/json"}),
+    "negative": dict(json=_rows(-1)),
+    "over 255": dict(json=_rows(255.5)),
+    "huge integer": dict(json=_rows(10**30)),
+    "text content type": dict(content=b"0 0 0", headers={"content-type": "text/plain"}),
+    "form without file": dict(data={"pixels": "0"}, files={"other": ("x.txt", b"hello", "text/plain")}),
+    "file field as text": dict(data={"file": "not a file"}, files={"other": ("x.txt", b"x", "text/plain")}),
+    "not an image": dict(files={"file": ("digit.png", b"this is not a PNG", "image/png")}),
+    "a JPEG": dict(files={"file": ("digit.jpg", b"\xff\xd8\xff\xe0" + bytes(100), "image/jpeg")}),
+    "an empty file": dict(files={"file": ("digit.png", b"", "image/png")}),
+    "a PNG of the wrong size": dict(files={"file": ("digit.png", png_bytes(Image.new("L", (64, 64))), "image/png")}),
+    "a truncated PNG": dict(files={"file": ("digit.png", png_bytes(Image.new("L", (28, 28), 128))[:50], "image/png")}),
+    "multipart without boundary": dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+    "over 1 MiB": dict(content=b" " * (serve.MAX_BODY_BYTES + 1), headers={"content-type": "application/json"}),
+    "over 1 MiB, chunked": dict(content=iter([b" " * 65536] * 20), headers={"content-type": "application/json"}),
+    "a PNG over 1 MiB": dict(files={"file": ("digit.png", b"\x89PNG" + bytes(serve.MAX_BODY_BYTES), "image/png")}),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_input_gets_a_4xx_with_a_json_message(client, name):
+    answer = client.post("/predict", **BAD_REQUESTS[name])
+    assert 400 <= answer.status_code < 500, f"{name}: {answer.status_code} {answer.text[:200]}"
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and detail
+
+
+def test_status_codes_say_what_went_wrong(client):
+    status = {name: client.post("/predict", **BAD_REQUESTS[name]).status_code
+              for name in ("empty body", "not JSON", "27 rows", "NaN", "text content type", "not an image", "over 1 MiB")}
+    assert status == {"empty body": 400, "not JSON": 400, "27 rows": 422, "NaN": 422,
+                      "text content type": 415, "not an image": 415, "over 1 MiB": 413}
+
+
+def test_wrong_method_and_path_are_4xx(client):
+    assert client.get("/predict").status_code == 405
+    assert client.post("/nowhere", json={}).status_code == 404
+
+
+def test_the_server_survives_bad_input(server, client, digits):
+    for name in ("deeply nested JSON", "over 1 MiB", "a truncated PNG"):
+        client.post("/predict", **BAD_REQUESTS[name])
+    assert server.running
+    assert client.get("/health").status_code == 200
+    assert client.post("/predict", json={"pixels": digits[0][0].tolist()}).status_code == 200
+
+
+def test_500_requests_from_8_concurrent_clients(server, digits, expected_digits):
+    payloads = [{"pixels": image.tolist()} for image in digits[0]]
+
+    def worker(client_index: int) -> list[tuple[int, int, int | None]]:
+        results = []
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for request_index in range(client_index, 500, 8):
+                image = request_index % len(payloads)
+                answer = client.post("/predict", json=payloads[image])
+                digit = answer.json().get("digit") if answer.status_code == 200 else None
+                results.append((answer.status_code, image, digit))
+        return results
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [row for rows in pool.map(worker, range(8)) for row in rows]
+    assert len(results) == 500
+    assert all(status == 200 for status, _, _ in results), sorted({status for status, _, _ in results})
+    assert all(digit == expected_digits[image] for _, image, digit in results)
+    assert server.running
