@@ -144,6 +144,55 @@ def plot_confusion_matrix(
     return fig
 
 
+def plot_speedups(labels: Sequence[str], ratios: Sequence[float], *, title: str | None = None, ax=None):
+    """Draw speed-ups against a baseline as horizontal bars (1 = as fast; green faster, red slower); returns the figure.
+
+    Taught in notebooks/09_pytorch2_performance.ipynb.
+    """
+    if len(labels) != len(ratios) or not labels:
+        raise ValueError(f"need one ratio per label, got {len(labels)} labels and {len(ratios)} ratios")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+    else:
+        fig = ax.figure
+    values = [float(ratio) for ratio in ratios]
+    colors = ["seagreen" if value >= 1 else "crimson" for value in values]
+    positions = range(len(values))
+    ax.barh(positions, values, color=colors)
+    ax.axvline(1.0, color="black", linewidth=1)
+    for position, value in zip(positions, values, strict=True):
+        ax.text(value, position, f" {value:.2f}x", va="center", fontsize=9)
+    ax.set_yticks(list(positions), list(labels))
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values) * 1.25)
+    ax.set_xlabel("speed-up against the baseline (higher is faster)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sparsity_accuracy(
+    sparsities: Sequence[float], accuracies: Sequence[float], *, baseline: float | None = None, title: str | None = None
+):
+    """Draw test accuracy against the fraction of weights pruned away; returns the figure.
+
+    Taught in notebooks/09_pytorch2_performance.ipynb.
+    """
+    if len(sparsities) != len(accuracies) or not sparsities:
+        raise ValueError(f"need one accuracy per sparsity, got {len(sparsities)} and {len(accuracies)}")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([100 * s for s in sparsities], [100 * a for a in accuracies], marker="o")
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="gray", linestyle="--", label="unpruned model")
+        ax.legend(loc="lower left")
+    ax.set(xlabel="weights pruned (%)", ylabel="test accuracy (%)")
+    ax.set_title(title or "Accuracy against sparsity")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_feature_maps(
     maps: torch.Tensor,
     *,
