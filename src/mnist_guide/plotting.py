@@ -201,8 +201,12 @@ def plot_feature_maps(
     title: str | None = None,
     cmap: str = "viridis",
     cell_size: float = 1.3,
+    symmetric: bool = False,
 ):
     """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale.
+
+    With `symmetric=True` each map's colour scale is centred on 0 (for signed maps and kernels,
+    with a diverging `cmap` such as "RdBu_r").
 
     Taught in notebooks/06_mnist_cnn.ipynb.
     """
@@ -218,7 +222,9 @@ def plot_feature_maps(
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
         if index < count:
-            ax.imshow(maps[index], cmap=cmap)
+            bound = float(maps[index].abs().max()) or 1.0
+            limits = {"vmin": -bound, "vmax": bound} if symmetric else {}
+            ax.imshow(maps[index], cmap=cmap, **limits)
             if titles is not None:
                 ax.set_title(titles[index], fontsize=9)
     if title:
