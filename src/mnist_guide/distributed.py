@@ -432,6 +432,43 @@ def _step_batches(
         yield micro_batches
 
 
+def train_steps(
+    model: nn.Module,
+    batches: Iterator[list[tuple[torch.Tensor, torch.Tensor]]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    world: World,
+    *,
+    first_step: int,
+    total_steps: int,
+    log_every: int,
+) -> tuple[int, float, int, int]:
+    """Take one optimizer step per item of `batches` (a step's micro-batches), until `total_steps`.
+
+    Returns the step count reached and, summed over all processes, the loss, the correct
+    predictions and the samples seen.
+
+    Taught in notebooks/10_scaling_out.ipynb.
+    """
+    model.train()
+    step, loss_sum, correct, seen = first_step, 0.0, 0, 0
+    for micro_batches in batches:
+        if step == total_steps:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        step_loss, step_correct = accumulate_gradients(model, micro_batches)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        samples = sum(len(labels) for _, labels in micro_batches)
+        loss_sum, correct, seen = loss_sum + step_loss, correct + step_correct, seen + samples
+        if step % log_every == 0 or step == total_steps:
+            everyone = _all_sum([step_loss, samples], world)  # the loss of the whole global batch
+            logger.info(f"step {step}/{total_steps}: loss {everyone[0] / everyone[1]:.4f}")
+    loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], world)
+    return step, loss_sum, int(correct), int(seen)
+
+
 def train(
     recipe: DistributedRecipe | None = None,
     *,
@@ -490,22 +527,11 @@ def train(
         offsets = epoch_offsets(len(train_images), recipe.max_shift, recipe.seed, epoch)
         logger.info(f"epoch {epoch + 1}: my shard holds {len(indices)} samples, starting {indices[:4].tolist()}",
                     extra={"all_ranks": True})
-        learning_rate = optimizer.param_groups[0]["lr"]
-        epoch_started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        parallel.train()
-        for micro_batches in _step_batches(train_images, train_labels, indices, offsets, recipe, world, memory_format):
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, step_correct = accumulate_gradients(parallel, micro_batches)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum, correct, seen = loss_sum + step_loss, correct + step_correct, seen + sum(len(y) for _, y in micro_batches)
-            if step % log_every == 0 or step == total_steps:
-                mean_loss = _all_sum([step_loss, sum(len(y) for _, y in micro_batches)], world)
-                logger.info(f"step {step}/{total_steps}: loss {mean_loss[0] / mean_loss[1]:.4f}")
-            if step == total_steps:
-                break
-        loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], world)
+        learning_rate, epoch_started = optimizer.param_groups[0]["lr"], time.perf_counter()
+        batches = _step_batches(train_images, train_labels, indices, offsets, recipe, world, memory_format)
+        step, loss_sum, correct, seen = train_steps(
+            parallel, batches, optimizer, scheduler, world, first_step=step, total_steps=total_steps, log_every=log_every
+        )
         history.train_loss.append(loss_sum / seen)
         history.train_accuracy.append(correct / seen)
         history.epoch_seconds.append(time.perf_counter() - epoch_started)
