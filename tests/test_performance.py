@@ -15,6 +15,7 @@ from mnist_guide.models import MnistCNN
 from mnist_guide.performance import (
     Int8Linear,
     OperatorStat,
+    compare_seconds,
     format_operator_table,
     median_seconds,
     model_size_bytes,
@@ -58,6 +59,29 @@ def test_median_seconds_refuses_bad_counts(kwargs, error):
 def test_median_seconds_refuses_a_non_callable():
     with pytest.raises(TypeError, match="callable"):
         median_seconds(42)
+
+
+def test_compare_seconds_takes_turns_and_returns_each_median(monkeypatch):
+    order = []
+    ticks = iter([0.0, 1.0, 1.0, 4.0, 10.0, 12.0, 12.0, 13.0, 20.0, 21.5, 30.0, 32.0])
+    monkeypatch.setattr(performance.time, "perf_counter", lambda: next(ticks))
+    result = compare_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
+    assert order == ["a", "b"] * 4
+    assert result == {"a": 1.5, "b": 2.0}  # a: 1, 2, 1.5 -> 1.5; b: 3, 1, 2 -> 2
+
+
+@pytest.mark.parametrize(
+    ("candidates", "kwargs", "error", "match"),
+    [
+        ({}, {}, ValueError, "at least one"),
+        ({"a": lambda: None}, {"repeats": 0}, ValueError, "repeats"),
+        ({"a": lambda: None}, {"warmup": -1}, ValueError, "warmup"),
+        ({"a": 3}, {}, TypeError, "'a'"),
+    ],
+)
+def test_compare_seconds_refuses_bad_input(candidates, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        compare_seconds(candidates, **kwargs)
 
 
 def test_synchronize_accepts_the_cpu_and_none():

@@ -63,6 +63,43 @@ def median_seconds(
     return statistics.median(runs)
 
 
+def compare_seconds(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Time several functions in turns (a, b, a, b, ...) and return the median seconds of each.
+
+    Taking turns spreads a slow spell of the machine over every candidate, so the ratios between
+    them are fairer than those of one block of runs after another.
+
+    Taught in notebooks/09_pytorch2_performance.ipynb.
+    """
+    if not candidates:
+        raise ValueError("give at least one function to time")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup cannot be negative, got {warmup}")
+    for name, fn in candidates.items():
+        if not callable(fn):
+            raise TypeError(f"{name!r}: expected a callable taking no arguments, got {type(fn).__name__}")
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    synchronize(device)
+    runs: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            started = time.perf_counter()
+            fn()
+            synchronize(device)
+            runs[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in runs.items()}
+
+
 @contextmanager
 def num_threads(count: int) -> Iterator[int]:
     """Run the body with `torch.set_num_threads(count)`, restoring the previous count afterwards.
