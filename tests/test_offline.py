@@ -3,9 +3,8 @@
 import os
 import socket
 
-import pytest
-
 import network_guard
+import pytest
 
 
 def test_a_remote_connection_is_refused_in_tests():

@@ -151,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (`mnist-guide evaluate | head`): stop quietly, as Unix tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (RuntimeError, ValueError, OSError) as error:
         from mnist_guide.data import MnistDataError
         from mnist_guide.training import CheckpointError
