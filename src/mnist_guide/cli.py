@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_guide import __version__
+from mnist_guide.runtime import positive_int
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -52,17 +53,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s -> {out / 'checkpoint.pt'}"
     )
     return 0
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -114,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train the course CNN and write checkpoint.pt and metrics.json")
     train.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
-    train.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the course recipe's)")
+    train.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the course recipe's)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     train.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -125,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file (artifacts/mnist_cnn.pt, or OUT/checkpoint.pt from train)")
     evaluate.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
     evaluate.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=1000, help="test images per batch (default: 1000)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=1000, help="test images per batch (default: 1000)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     export = commands.add_parser("export", help="write the model as TorchScript, a torch.export program or an AOTInductor package")

@@ -33,7 +33,7 @@ from torch.utils.data import DistributedSampler
 
 from mnist_guide.data import MNIST_MEAN, MNIST_STD, mnist_tensors
 from mnist_guide.models import CNNConfig, GroupNormCNN, MnistCNN
-from mnist_guide.runtime import pick_device
+from mnist_guide.runtime import pick_device, positive_int
 from mnist_guide.training import History, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -636,16 +636,6 @@ def run_torchrun(
 # Command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m mnist_guide.distributed` (under torchrun or alone)."""
     parser = argparse.ArgumentParser(
@@ -654,12 +644,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = DistributedRecipe()
     parser.add_argument("--out", required=True, help="folder for checkpoint.pt (written by rank 0 only)")
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="epochs (default: %(default)s)")
-    parser.add_argument("--max-steps", type=_positive_int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="epochs (default: %(default)s)")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="stop after this many optimizer steps (default: whole epochs)")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help="global batch, over all processes (default: %(default)s)")
-    parser.add_argument("--accumulate", type=_positive_int, default=defaults.accumulate,
+    parser.add_argument("--accumulate", type=positive_int, default=defaults.accumulate,
                         help="micro-batches per step on each process (default: %(default)s)")
     parser.add_argument("--norm", choices=NORMS, default=defaults.norm,
                         help="batch: the course CNN; group: its GroupNorm twin (default: %(default)s)")
@@ -672,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: one GPU per process if enough, else cpu)")
     parser.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after each epoch")
-    parser.add_argument("--log-every", type=_positive_int, default=50, help="log the loss every N steps")
+    parser.add_argument("--log-every", type=positive_int, default=50, help="log the loss every N steps")
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import random
@@ -167,3 +168,17 @@ def format_environment(info: dict[str, str]) -> str:
     """
     width = max(len(key) for key in info)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (epochs, batch sizes): a whole number of at least 1.
+
+    Taught in notebooks/06_mnist_cnn.ipynb (`mnist-guide train --epochs`).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
