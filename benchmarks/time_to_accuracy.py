@@ -16,7 +16,11 @@ accuracy reached within the stated budget; then the ratio of the two.
 A script, not a test: nothing here asserts on time. Other work on the machine slows both recipes
 (and the course's two-thread kernels more than most), so compare ratios from one run.
 
-    python benchmarks/time_to_accuracy.py [--target 0.99] [--classic-max-epochs 3] [--course-max-epochs 5]
+    python benchmarks/time_to_accuracy.py [--target 0.99] [--classic-max-epochs 6] [--course-max-epochs 5]
+
+Measured on a 2-core Xeon (AVX-512) with other work beside it: the course recipe reached 99.05 %
+with a 1-epoch schedule in 5.0 s of training; the classic recipe reached 99.08 % after 5 epochs,
+236 s: 47x.
 """
 
 from __future__ import annotations
@@ -160,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=0.99, help="test accuracy to reach (default 0.99)")
     parser.add_argument("--course-max-epochs", type=int, default=5, help="longest course schedule tried (default 5)")
-    parser.add_argument("--classic-max-epochs", type=int, default=3,
-                        help="budget of the classic recipe in epochs (default 3, about 3 minutes on 2 idle cores)")
+    parser.add_argument("--classic-max-epochs", type=int, default=6,
+                        help="budget of the classic recipe in epochs (default 6, about 5 minutes on 2 cores)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     args = parser.parse_args(argv)
 
