@@ -91,3 +91,13 @@ def test_resume_without_a_checkpoint_says_what_to_do(monkeypatch, tmp_path, caps
     use_mnist_slice(monkeypatch)
     assert cli.main(["train", "--resume", "--device", "cpu", "--out", str(tmp_path)]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_an_unavailable_device_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["train", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-guide: error: device cuda") and "Traceback" not in err
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -149,9 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (RuntimeError, ValueError, OSError) as error:
         from mnist_guide.data import MnistDataError
+        from mnist_guide.runtime import DeviceUnavailableError
         from mnist_guide.training import CheckpointError
 
-        if isinstance(error, (MnistDataError, CheckpointError, ValueError, FileNotFoundError)):
+        if isinstance(error, (MnistDataError, CheckpointError, DeviceUnavailableError, ValueError, FileNotFoundError)):
             print(f"mnist-guide: error: {error}", file=sys.stderr)
             return 2
         raise

@@ -13,6 +13,10 @@ import torch
 _PROJECT_MARKERS = ("pyproject.toml", "data")
 
 
+class DeviceUnavailableError(RuntimeError):
+    """A device was asked for by name but this machine does not have it."""
+
+
 def find_project_root(start: str | Path | None = None) -> Path:
     """Return the course's top folder (the one holding `pyproject.toml` and `data/`).
 
@@ -80,9 +84,9 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
             "mps": _mps_available(),
         }.get(device.type, False)
         if not available:
-            raise RuntimeError(
+            raise DeviceUnavailableError(
                 f"device {device} was asked for but is not available here; "
-                "leave `prefer` unset to pick the best available device"
+                "ask for another (cpu always works) or none, to use the best available one"
             )
         return device
     if torch.cuda.is_available():
