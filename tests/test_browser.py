@@ -152,11 +152,13 @@ _NOTEBOOK_STATE_JS = """
   const widget = window.jupyterapp.shell.currentWidget;
   if (!widget || !widget.content || !widget.content.model) return null;
   const cells = [];
+  let index = -1;
   for (const cell of widget.content.model.cells) {
+    index++;
     if (cell.type !== 'code') continue;
     const outputs = [];
     for (let i = 0; i < cell.outputs.length; i++) outputs.push(cell.outputs.get(i).toJSON());
-    cells.push({count: cell.executionCount, source: cell.sharedModel.getSource().slice(0, 80), outputs});
+    cells.push({index, count: cell.executionCount, source: cell.sharedModel.getSource().slice(0, 80), outputs});
   }
   const kernel = widget.sessionContext.session && widget.sessionContext.session.kernel;
   return {status: kernel ? kernel.status : 'none', cells};
@@ -168,7 +170,7 @@ def _run_notebook_in_lab(page, jupyter_lab, name: str, screenshot: Path) -> dict
     """Open `notebooks/<name>`, clear it, Run All from the menu, wait for idle; return the final state."""
     # `jupyter lab notebooks/00_start_here.ipynb` serves the notebooks folder as its root.
     page.goto(f"{jupyter_lab['url']}/lab/tree/{name}?token={jupyter_lab['token']}")
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="attached", timeout=120_000)
     page.wait_for_function(
         "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
         " return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
@@ -250,14 +252,21 @@ def test_training_notebook_runs_in_jupyterlab_with_progress_bars(jupyter_lab, br
         state = _run_notebook_in_lab(page, jupyter_lab, "06_mnist_cnn.ipynb", ROOT / "artifacts" / "browser" / "06_mnist_cnn.png")
         _assert_ran_cleanly(state, page, "06_mnist_cnn")
         assert _rendered_images(page) >= 1, "no figure was rendered as an image"
-        widget_outputs = [
-            out for cell in state["cells"] for out in cell["outputs"]
-            if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+        widget_cells = [
+            cell["index"] for cell in state["cells"]
+            if any("application/vnd.jupyter.widget-view+json" in out.get("data", {}) for out in cell["outputs"])
         ]
-        assert widget_outputs, "tqdm.auto produced no widget output"
-        bars = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-progress")
+        assert widget_cells, "tqdm.auto produced no widget output"
+        # JupyterLab renders only the cells near the viewport: bring the training cell into view.
+        page.evaluate(
+            "i => { const notebook = window.jupyterapp.shell.currentWidget.content;"
+            " notebook.activeCellIndex = i; return notebook.scrollToItem(i, 'start'); }",
+            widget_cells[-1],
+        )
+        bars = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-hbox:has(.widget-hprogress)")
         bars.first.wait_for(state="attached", timeout=30_000)
         assert bars.count() >= 1, "the progress-bar widget was not rendered"
+        assert "100%" in bars.first.inner_text(), "the first epoch's progress bar did not reach 100 %"
         bars.first.scroll_into_view_if_needed()
         page.screenshot(path=str(ROOT / "artifacts" / "browser" / "06_mnist_cnn_progress.png"))
     finally:
