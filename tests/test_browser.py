@@ -79,7 +79,16 @@ def jupyter_lab(tmp_path_factory, chromium):
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         server_flags.append("--allow-root")
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime_dir), MNIST_GUIDE_ROOT=str(ROOT))
+    # Attach every cell to the page (windowing mode "none") so that what the checks look for is in
+    # the DOM whatever the scroll position; the learner's default only defers off-screen cells.
+    settings_dir = tmp_path_factory.mktemp("lab-settings")
+    tracker = settings_dir / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}\n')
+    env = dict(
+        os.environ, JUPYTER_RUNTIME_DIR=str(runtime_dir), JUPYTERLAB_SETTINGS_DIR=str(settings_dir),
+        MNIST_GUIDE_ROOT=str(ROOT),
+    )
     log_path = runtime_dir / "jupyter.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
@@ -257,7 +266,7 @@ def test_training_notebook_runs_in_jupyterlab_with_progress_bars(jupyter_lab, br
             if any("application/vnd.jupyter.widget-view+json" in out.get("data", {}) for out in cell["outputs"])
         ]
         assert widget_cells, "tqdm.auto produced no widget output"
-        # JupyterLab renders only the cells near the viewport: bring the training cell into view.
+        # Bring the training cell into view for the screenshot.
         page.evaluate(
             "i => { const notebook = window.jupyterapp.shell.currentWidget.content;"
             " notebook.activeCellIndex = i; return notebook.scrollToItem(i, 'start'); }",
