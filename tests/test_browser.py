@@ -178,7 +178,9 @@ _NOTEBOOK_STATE_JS = """
 def _run_notebook_in_lab(page, jupyter_lab, name: str, screenshot: Path) -> dict:
     """Open `notebooks/<name>`, clear it, Run All from the menu, wait for idle; return the final state."""
     # `jupyter lab notebooks/00_start_here.ipynb` serves the notebooks folder as its root.
-    page.goto(f"{jupyter_lab['url']}/lab/tree/{name}?token={jupyter_lab['token']}")
+    # A workspace of its own per notebook, so the page restores no tabs from an earlier test.
+    workspace = Path(name).stem.replace("_", "-")
+    page.goto(f"{jupyter_lab['url']}/lab/workspaces/{workspace}/tree/{name}?reset&token={jupyter_lab['token']}")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="attached", timeout=120_000)
     page.wait_for_function(
         "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
@@ -187,6 +189,13 @@ def _run_notebook_in_lab(page, jupyter_lab, name: str, screenshot: Path) -> dict
         timeout=120_000,
     )
     assert page.locator(".jp-Dialog").count() == 0, "a dialog (e.g. 'Select Kernel') opened with the notebook"
+    # ipywidgets' manager registers its comm target on the kernel connection a moment after the
+    # kernel is idle; widgets created before that render as their plain-text fallback.
+    page.wait_for_function(
+        "() => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;"
+        " return !!(k && k._targetRegistry && k._targetRegistry['jupyter.widget']); }",
+        timeout=60_000,
+    )
     news = page.locator(".jp-toast-button", has_text=re.compile("^No$"))  # "notified about Jupyter news?"
     if news.count():
         news.first.click()
@@ -273,7 +282,17 @@ def test_training_notebook_runs_in_jupyterlab_with_progress_bars(jupyter_lab, br
             widget_cells[-1],
         )
         bars = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-hbox:has(.widget-hprogress)")
-        bars.first.wait_for(state="attached", timeout=30_000)
+        try:
+            bars.first.wait_for(state="attached", timeout=60_000)
+        except Exception:  # say what the output area shows instead of the bar
+            shown = page.evaluate(
+                "i => { const cell = window.jupyterapp.shell.currentWidget.content.widgets[i];"
+                " const area = cell && cell.node.querySelector('.jp-OutputArea');"
+                " return area ? area.innerText.slice(0, 2000) : 'no output area'; }",
+                widget_cells[-1],
+            )
+            page.screenshot(path=str(ROOT / "artifacts" / "browser" / "06_mnist_cnn_no_bar.png"))
+            pytest.fail(f"the progress-bar widget was not rendered; the training cell's output shows:\n{shown}")
         assert bars.count() >= 1, "the progress-bar widget was not rendered"
         assert "100%" in bars.first.inner_text(), "the first epoch's progress bar did not reach 100 %"
         bars.first.scroll_into_view_if_needed()
