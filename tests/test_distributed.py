@@ -121,17 +121,23 @@ def _gradients(model):
     return [p.grad.clone() for p in model.parameters()]
 
 
+def _whole_and_accumulated(model, images, labels, micro):
+    """Gradients of one whole batch, then of the same batch accumulated over micro-batches."""
+    F.cross_entropy(model(images), labels).backward()
+    whole = _gradients(model)
+    model.zero_grad()
+    loss, correct = accumulate_gradients(model, list(zip(images.split(micro), labels.split(micro), strict=True)))
+    return whole, _gradients(model), loss, correct
+
+
 @pytest.mark.parametrize("micro", [32, 25, 100])  # 25 leaves a short last micro-batch
 def test_accumulated_micro_batches_give_the_gradient_of_the_whole_batch(micro):
     images, labels = mnist_slice()[:2]
     images, labels = images[:100].double(), labels[:100]
     torch.manual_seed(0)
     model = GroupNormCNN(SMALL).double()
-    F.cross_entropy(model(images), labels).backward()
-    whole = _gradients(model)
-    model.zero_grad()
-    loss, correct = accumulate_gradients(model, list(zip(images.split(micro), labels.split(micro), strict=True)))
-    for expected, got in zip(whole, _gradients(model), strict=True):
+    whole, accumulated, loss, correct = _whole_and_accumulated(model, images, labels, micro)
+    for expected, got in zip(whole, accumulated, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     assert loss == pytest.approx(F.cross_entropy(model(images), labels, reduction="sum").item(), rel=1e-9)
     assert 0 <= correct <= 100
@@ -142,11 +148,8 @@ def test_batchnorm_is_why_the_check_uses_groupnorm():
     images, labels = images[:128].double(), labels[:128]
     torch.manual_seed(0)
     model = MnistCNN(SMALL).double()
-    F.cross_entropy(model(images), labels).backward()
-    whole = _gradients(model)
-    model.zero_grad()
-    accumulate_gradients(model, list(zip(images.split(64), labels.split(64), strict=True)))
-    difference = max((a - b).abs().max().item() for a, b in zip(whole, _gradients(model), strict=True))
+    whole, accumulated, _, _ = _whole_and_accumulated(model, images, labels, 64)
+    difference = max((a - b).abs().max().item() for a, b in zip(whole, accumulated, strict=True))
     assert difference > 1e-4, "BatchNorm's batch statistics make half-batches compute another gradient"
 
 
