@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from mnist_guide.runtime import data_dir
+from mnist_guide.runtime import atomic_write, data_dir
 
-#: Mean and standard deviation of the training pixels after scaling to [0, 1].
-#: Computed from the data in notebooks/05_data_loading.ipynb and re-checked by tests/test_data.py.
+#: Mean and standard deviation of the training pixels after scaling to [0, 1] (computed in 05_data_loading).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -90,9 +88,12 @@ def _sha256(path_or_bytes: Path | bytes) -> str:
 
 
 def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
-    """Decompress one .gz and check its IDX header, length and checksum; return the raw bytes."""
+    """Decompress one .gz (never past its expected size) and check its IDX header, length and checksum."""
+    if not gz_path.is_file():
+        raise MnistDataError(f"{gz_path}: not a regular file. {RESTORE_HINT}")
     try:
-        raw = gzip.decompress(gz_path.read_bytes())
+        with gzip.open(gz_path, "rb") as stream:
+            raw = stream.read(spec.size + 1)
     except EOFError as error:
         raise MnistDataError(f"{gz_path}: truncated gzip file ({error}). {RESTORE_HINT}") from error
     except (gzip.BadGzipFile, zlib.error, OSError) as error:
@@ -108,23 +109,12 @@ def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
         )
     if len(raw) != spec.size:
         raise MnistDataError(
-            f"{gz_path}: {len(raw)} bytes once decompressed, expected {spec.size} (truncated?). {RESTORE_HINT}"
+            f"{gz_path}: {'more than ' if len(raw) > spec.size else ''}{len(raw)} bytes once decompressed, "
+            f"expected {spec.size}. {RESTORE_HINT}"
         )
     if _sha256(raw) != spec.raw_sha256:
         raise MnistDataError(f"{gz_path}: checksum mismatch (file corrupt?). {RESTORE_HINT}")
     return raw
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    """Write `content` to a temporary file beside `path`, then rename it into place."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(content)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def _download_with_torchvision(root: Path) -> None:
@@ -136,11 +126,9 @@ def _download_with_torchvision(root: Path) -> None:
 
 
 def prepare_mnist(root: str | Path | None = None, *, download: bool = False) -> Path:
-    """Verify the four MNIST files under `root/MNIST/raw` and decompress them for torchvision.
+    """Verify the four MNIST files under `root/MNIST/raw` and decompress them for torchvision; returns `root`.
 
-    Each `.gz` is checked (gzip integrity, IDX header, SHA-256 of its content) before anything
-    reads it, and a damaged one raises `MnistDataError` naming the file, so nothing ever
-    trains on a partial file. Returns `root`, ready for `torchvision.datasets.MNIST(root)`.
+    A damaged file raises `MnistDataError` naming it, so nothing trains on a partial file.
 
     Taught in notebooks/05_data_loading.ipynb.
     """
@@ -154,23 +142,25 @@ def prepare_mnist(root: str | Path | None = None, *, download: bool = False) -> 
     if missing:
         names = ", ".join(str(raw_dir / f"{spec.name}.gz") for spec in missing)
         raise MnistDataError(f"{names}: missing. {RESTORE_HINT}")
-
     for spec in MNIST_FILES.values():
-        gz_path = raw_dir / f"{spec.name}.gz"
-        raw_path = raw_dir / spec.name
-        gz_is_known = _sha256(gz_path) == spec.gz_sha256
-        raw_is_good = raw_path.is_file() and raw_path.stat().st_size == spec.size and _sha256(raw_path) == spec.raw_sha256
-        if gz_is_known and raw_is_good:
-            continue
-        # Either the .gz is not the committed one (check it fully) or the copy must be (re)made.
-        raw = _decompress_and_check(gz_path, spec)
-        if not raw_is_good:
-            _write_atomically(raw_path, raw)
+        gz_path, raw_path = raw_dir / f"{spec.name}.gz", raw_dir / spec.name
+        if not gz_path.is_file() or (raw_path.exists() and not raw_path.is_file()):
+            raise MnistDataError(f"{gz_path if not gz_path.is_file() else raw_path}: not a regular file. {RESTORE_HINT}")
+        try:
+            gz_is_known = _sha256(gz_path) == spec.gz_sha256
+            raw_is_good = raw_path.is_file() and raw_path.stat().st_size == spec.size and _sha256(raw_path) == spec.raw_sha256
+            if gz_is_known and raw_is_good:
+                continue
+            raw = _decompress_and_check(gz_path, spec)  # an unknown .gz is checked fully
+            if not raw_is_good:
+                atomic_write(raw_path, lambda temporary, raw=raw: temporary.write_bytes(raw))
+        except OSError as error:
+            raise MnistDataError(f"{gz_path}: cannot be read or unpacked ({error.strerror or error}).") from error
     return root
 
 
 def mnist_dataset(train: bool, transform: Callable | None = None, root: str | Path | None = None):
-    """Return `torchvision.datasets.MNIST` over the verified local files (never downloads).
+    """`torchvision.datasets.MNIST` over the verified local files (never downloads).
 
     Taught in notebooks/05_data_loading.ipynb.
     """
@@ -183,10 +173,7 @@ def mnist_dataset(train: bool, transform: Callable | None = None, root: str | Pa
 def mnist_tensors(
     train: bool, root: str | Path | None = None, normalize: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return all of one split as `(images, labels)`: float32 `[N, 1, 28, 28]` and int64 `[N]`.
-
-    Pixels are scaled to [0, 1] and, with `normalize=True`, standardised with `MNIST_MEAN`
-    and `MNIST_STD` (the training set's statistics, used for both splits).
+    """One whole split as float32 `[N, 1, 28, 28]` images in [0, 1] (standardised when `normalize`) and int64 labels.
 
     Taught in notebooks/05_data_loading.ipynb.
     """
@@ -197,12 +184,38 @@ def mnist_tensors(
     return images, dataset.targets.to(torch.int64)
 
 
-class TensorLoader:
-    """Batches sliced from tensors held in memory: what a `DataLoader` does, without per-sample work.
+def shift_images(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Move each normalised image `[N, 1, H, W]` by `offsets[i] - max_shift` pixels (rows, columns), filling with black."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (max_shift,) * 4, value=(0.0 - MNIST_MEAN) / MNIST_STD)
+    rows = torch.arange(height).view(1, height, 1) + offsets[:, 0].view(n, 1, 1)
+    cols = torch.arange(width).view(1, 1, width) + offsets[:, 1].view(n, 1, 1)
+    return padded[torch.arange(n).view(n, 1, 1), 0, rows, cols].unsqueeze(1)
 
-    Shuffling is seeded per epoch (`set_epoch`, as with `DistributedSampler`), so a run resumed
-    at epoch `k` sees the same batches as one that never stopped. `augment(batch, generator)`
-    is applied to each image batch with the same per-epoch generator.
+
+def random_offsets(count: int, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """`[count, 2]` random shifts in `0..2*max_shift` (rows, then columns) for `shift_images`."""
+    rows = torch.randint(0, 2 * max_shift + 1, (count, 1, 1), generator=generator)
+    cols = torch.randint(0, 2 * max_shift + 1, (count, 1, 1), generator=generator)
+    return torch.cat([rows, cols], dim=1).view(count, 2)
+
+
+def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """An augmentation for `TensorLoader`: each image moved by up to `max_shift` pixels in x and y.
+
+    Taught in notebooks/06_mnist_cnn.ipynb.
+    """
+    def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return shift_images(images, random_offsets(len(images), max_shift, generator), max_shift)
+
+    return shift
+
+
+class TensorLoader:
+    """Batches sliced from tensors in memory: a `DataLoader` without per-sample work.
+
+    The shuffle is seeded per epoch (`set_epoch`, as with `DistributedSampler`), so a resumed run
+    sees the batches of an unbroken one; `augment(batch, generator)` uses the same generator.
 
     Taught in notebooks/05_data_loading.ipynb.
     """
@@ -219,10 +232,6 @@ class TensorLoader:
         device: torch.device | str | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.device = torch.device(device) if device is not None else images.device
@@ -253,23 +262,23 @@ def make_loaders(
     batch_size: int = 256,
     *,
     test_batch_size: int = 1000,
-    root: str | Path | None = None,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
     drop_last: bool = False,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[TensorLoader, TensorLoader]:
-    """Return `(train_loader, test_loader)` over the normalised MNIST tensors held in memory.
+    """`(train_loader, test_loader)` over `data` = (train images, labels, test images, labels), MNIST when `None`.
 
     The training loader shuffles (seeded) and may augment; the test loader keeps the order.
 
     Taught in notebooks/05_data_loading.ipynb.
     """
-    train_images, train_labels = mnist_tensors(train=True, root=root)
-    test_images, test_labels = mnist_tensors(train=False, root=root)
+    if data is None:
+        data = (*mnist_tensors(train=True), *mnist_tensors(train=False))
+    train_images, train_labels, test_images, test_labels = data
     train_loader = TensorLoader(
         train_images, train_labels, batch_size,
         shuffle=True, seed=seed, drop_last=drop_last, device=device, augment=augment,
     )
-    test_loader = TensorLoader(test_images, test_labels, test_batch_size, device=device)
-    return train_loader, test_loader
+    return train_loader, TensorLoader(test_images, test_labels, test_batch_size, device=device)

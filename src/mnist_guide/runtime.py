@@ -1,4 +1,4 @@
-"""Device choice, seeding, where the course keeps its files, and the environment report."""
+"""Device choice, seeding, where the course keeps its files, the environment report, and safe writes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import argparse
 import os
 import platform
 import random
+import socket
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,31 +21,22 @@ class DeviceUnavailableError(RuntimeError):
 
 
 def find_project_root(start: str | Path | None = None) -> Path:
-    """Return the course's top folder (the one holding `pyproject.toml` and `data/`).
-
-    Notebooks run with their own folder as the working directory, so paths such as `data/`
-    are resolved from here rather than from wherever Python was started.
-    Set `MNIST_GUIDE_ROOT` to point somewhere else.
+    """The course's top folder (holding `pyproject.toml`, `data/` and `src/mnist_guide`), or `MNIST_GUIDE_ROOT`.
 
     Taught in notebooks/00_start_here.ipynb.
     """
     env = os.environ.get("MNIST_GUIDE_ROOT")
     if env:
         return Path(env).expanduser().resolve()
-    candidates = []
     here = Path(start or Path.cwd()).resolve()
-    candidates += [here, *here.parents]
-    package_dir = Path(__file__).resolve().parent
-    candidates += list(package_dir.parents)
-    for folder in candidates:
+    for folder in [here, *here.parents, *Path(__file__).resolve().parent.parents]:
         if all((folder / marker).exists() for marker in _PROJECT_MARKERS) and (folder / "src" / "mnist_guide").is_dir():
             return folder
-    # Installed without a checkout: fall back to the working directory.
-    return here
+    return here  # installed without a checkout
 
 
 def data_dir() -> Path:
-    """Return the folder MNIST is read from (`<project>/data`, or `MNIST_GUIDE_DATA`).
+    """The folder MNIST is read from: `<project>/data`, or `MNIST_GUIDE_DATA`.
 
     Taught in notebooks/00_start_here.ipynb.
     """
@@ -51,7 +45,7 @@ def data_dir() -> Path:
 
 
 def artifacts_dir(create: bool = True) -> Path:
-    """Return the folder for checkpoints and exported models (`<project>/artifacts`, or `MNIST_GUIDE_ARTIFACTS`).
+    """The folder for checkpoints and exported models: `<project>/artifacts`, or `MNIST_GUIDE_ARTIFACTS`.
 
     Taught in notebooks/00_start_here.ipynb.
     """
@@ -62,102 +56,80 @@ def artifacts_dir(create: bool = True) -> Path:
     return folder
 
 
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
+def _available(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return False
 
 
 def pick_device(prefer: str | torch.device | None = None) -> torch.device:
-    """Pick the device to compute on: `prefer` if given and available, else CUDA, then MPS, then CPU.
-
-    Works on torch versions with and without `torch.accelerator`. `MNIST_GUIDE_DEVICE=cpu`
-    forces a choice from outside (CI uses it to compare devices).
+    """`prefer` if given and present, else CUDA, then MPS, then the CPU; `MNIST_GUIDE_DEVICE` chooses from outside.
 
     Taught in notebooks/00_start_here.ipynb.
     """
     prefer = prefer if prefer is not None else os.environ.get("MNIST_GUIDE_DEVICE") or None
-    if prefer is not None:
+    if prefer is None:
+        return next(d for d in map(torch.device, ("cuda", "mps", "cpu")) if _available(d))
+    try:
         device = torch.device(prefer)
-        available = {
-            "cpu": True,
-            "cuda": torch.cuda.is_available(),
-            "mps": _mps_available(),
-        }.get(device.type, False)
-        if not available:
-            raise DeviceUnavailableError(
-                f"device {device} was asked for but is not available here; "
-                "ask for another (cpu always works) or none, to use the best available one"
-            )
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if _mps_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    except RuntimeError:
+        raise DeviceUnavailableError(f"{prefer!r} is not a device name: use cpu, cuda, cuda:N or mps") from None
+    if not _available(device):
+        raise DeviceUnavailableError(f"device {device} was asked for but is not available here; ask for cpu, or none for the best one")
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy (when installed) and torch on every device; returns a seeded CPU generator.
-
-    The same seed on the same machine gives the same run.
+    """Seed Python's `random`, NumPy and torch (every device); returns a seeded CPU generator.
 
     Taught in notebooks/00_start_here.ipynb.
     """
-    random.seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    try:
-        import numpy as np
+    import numpy as np
 
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy comes with torch's wheels
-        pass
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA too
     return torch.Generator().manual_seed(seed)
 
 
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
-def _version(module_name: str) -> str:
+def library_versions() -> dict[str, str]:
+    """The versions of Python and the libraries that decide how the course runs (stored in checkpoints too)."""
+    import torchvision
+
+    from mnist_guide import __version__
+
     try:
-        module = __import__(module_name)
+        import torchmetrics
+        metrics_version = torchmetrics.__version__
     except ImportError:
-        return "not installed"
-    return getattr(module, "__version__", "unknown")
+        metrics_version = "not installed"
+    return {"mnist_guide": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "torchmetrics": metrics_version}
 
 
 def describe_environment(device: torch.device | str | None = None) -> dict[str, str]:
-    """Collect the versions, device and thread count that decide how the course runs.
+    """The versions, device and thread count that decide how the course runs.
 
     Taught in notebooks/00_start_here.ipynb.
     """
-    device = torch.device(device) if device is not None else pick_device()
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    elif device.type == "mps":
-        device_name = "Apple GPU (MPS)"
-    else:
-        device_name = _cpu_name()
-    from mnist_guide import __version__
-
+    device = pick_device(device)
+    names = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: "Apple GPU (MPS)"}
     return {
-        "mnist_guide": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "torchmetrics": _version("torchmetrics"),
+        **library_versions(),
         "device": str(device),
-        "device_name": device_name,
+        "device_name": names.get(device.type, _cpu_name)(),
         "cuda_available": str(torch.cuda.is_available()),
         "torch_threads": str(torch.get_num_threads()),
         "cpu_count": str(os.cpu_count()),
@@ -166,7 +138,7 @@ def describe_environment(device: torch.device | str | None = None) -> dict[str, 
 
 
 def format_environment(info: dict[str, str]) -> str:
-    """Render `describe_environment()` as a two-column text table.
+    """Render `describe_environment()` as a two-column table.
 
     Taught in notebooks/00_start_here.ipynb.
     """
@@ -174,15 +146,44 @@ def format_environment(info: dict[str, str]) -> str:
     return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for counts (epochs, batch sizes): a whole number of at least 1.
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(temporary)` on a file beside `path`, then rename it into place (mode 0644).
 
-    Taught in notebooks/06_mnist_cnn.ipynb (`mnist-guide train --epochs`).
+    A crash or a full disk mid-write leaves the old file intact and no temporary behind.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+        write(Path(temporary))
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now at `host` (for a server or torchrun's rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type for a whole number in `low..high` (`high=None`: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high if high is not None else ''}")
+        return value
+
+    return parse
+
+
+positive_int = int_range(1)
