@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import pytest
 import torch
 
-from mnist_guide import training
-from mnist_guide.data import TensorLoader, mnist_tensors
+from mnist_guide import data, training
 from mnist_guide.models import CNNConfig
 from mnist_guide.training import Recipe
 
@@ -18,19 +17,13 @@ TINY = Recipe(epochs=2, batch_size=128, model=CNNConfig(conv1_channels=4, conv2_
 
 @lru_cache(maxsize=1)
 def mnist_slice(train_count: int = 1024, test_count: int = 512) -> tuple[torch.Tensor, ...]:
-    """The first images of each split, normalised, read once per test session."""
-    images, labels = mnist_tensors(train=True)
-    test_images, test_labels = mnist_tensors(train=False)
+    """The first images of each split, normalised, read once per test session: the `data=` of a short run."""
+    images, labels = data.mnist_tensors(train=True)
+    test_images, test_labels = data.mnist_tensors(train=False)
     return (images[:train_count].clone(), labels[:train_count].clone(),
             test_images[:test_count].clone(), test_labels[:test_count].clone())
 
 
-def use_mnist_slice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make `training.make_loaders` (hence `train_course_model` and the CLI) use `mnist_slice()`."""
-    images, labels, test_images, test_labels = mnist_slice()
-
-    def make_loaders(batch_size: int = 256, *, seed: int = 0, device=None, augment=None, **_ignored):
-        train_loader = TensorLoader(images, labels, batch_size, shuffle=True, seed=seed, device=device, augment=augment)
-        return train_loader, TensorLoader(test_images, test_labels, 256, device=device)
-
-    monkeypatch.setattr(training, "make_loaders", make_loaders)
+def cli_on_mnist_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line has no `data=`: give its training runs `mnist_slice()` instead of all of MNIST."""
+    monkeypatch.setattr(training, "make_loaders", partial(data.make_loaders, data=mnist_slice()))

@@ -6,7 +6,7 @@ import pytest
 from small_runs import use_mnist_slice
 
 from mnist_guide import __version__, cli
-from mnist_guide.training import load_checkpoint
+from mnist_guide.checkpoint import load_checkpoint
 
 # -- version and info -------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_guide.checkpoint import save_checkpoint
 from mnist_guide.cli import main
-from mnist_guide.training import save_checkpoint
 
 
 def test_evaluate_json_on_the_course_checkpoint(course_checkpoint, capsys):

@@ -153,11 +153,33 @@ def test_shuffle_is_seeded_per_epoch():
     assert torch.equal(first, again) and not torch.equal(first, second)
 
 
-def test_drop_last_and_bad_arguments():
+def test_drop_last_drops_the_short_batch():
     images, labels = torch.zeros(10, 1, 28, 28), torch.arange(10)
     assert len(data.TensorLoader(images, labels, 4)) == 3
     assert len(data.TensorLoader(images, labels, 4, drop_last=True)) == 2
-    with pytest.raises(ValueError, match="labels"):
-        data.TensorLoader(images, labels[:5], 4)
-    with pytest.raises(ValueError, match="batch_size"):
-        data.TensorLoader(images, labels, 0)
+
+
+def test_a_gzip_that_unpacks_past_its_size_is_stopped_there(mnist_copy):
+    gz = mnist_copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    gz.write_bytes(gzip.compress(gzip.decompress(gz.read_bytes()) + bytes(50_000_000)))
+    with pytest.raises(MnistDataError, match="more than 10009 bytes once decompressed"):
+        prepare_mnist(mnist_copy)
+
+
+def test_special_files_are_refused(mnist_copy):
+    import os
+
+    gz = mnist_copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    gz.unlink()
+    os.mkfifo(gz)  # reading a pipe would hang
+    with pytest.raises(MnistDataError, match="not a regular file"):
+        prepare_mnist(mnist_copy)
+
+
+def test_shift_images_moves_each_image_by_its_own_offset():
+    images = torch.randn(3, 1, 28, 28)
+    assert torch.equal(data.shift_images(images, torch.ones(3, 2, dtype=torch.long), 1), images)
+    moved = data.shift_images(images, torch.tensor([[0, 2], [2, 0], [1, 1]]), 1)
+    assert torch.equal(moved[0, 0, 1:, :-1], images[0, 0, :-1, 1:])  # one row down, one column left
+    assert torch.equal(moved[1, 0, :-1, 1:], images[1, 0, 1:, :-1])
+    assert torch.equal(moved[2], images[2])

@@ -1,47 +1,26 @@
-"""mnist_guide.distributed: shards, accumulation, rank-aware logs, and torchrun runs that match one process."""
+"""mnist_guide.distributed: shards, augmentation by sample, rank-aware logs, and torchrun runs that match one process."""
 
 import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 from small_runs import mnist_slice
 
-from mnist_guide import distributed
+from mnist_guide import cli, distributed
+from mnist_guide.checkpoint import load_checkpoint, read_checkpoint
+from mnist_guide.data import shift_images
 from mnist_guide.distributed import (
     DistributedRecipe,
     RankFilter,
     World,
-    accumulate_gradients,
     epoch_offsets,
     run_torchrun,
     shard_indices,
-    shift_images,
-    torchrun_command,
 )
-from mnist_guide.models import CNNConfig, GroupNormCNN, MnistCNN
-from mnist_guide.training import load_checkpoint, read_checkpoint
-
-SMALL = CNNConfig(conv1_channels=4, conv2_channels=8, hidden_units=16)
+from mnist_guide.models import CNNConfig, MnistCNN
+from mnist_guide.training import train_step
 
 # -- the recipe and the command line ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "values, message",
-    [
-        ({"epochs": 0}, "epochs"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"accumulate": 0}, "accumulate"),
-        ({"max_steps": 0}, "max_steps"),
-        ({"norm": "layer"}, "norm"),
-        ({"dtype": "float16"}, "dtype"),
-        ({"max_shift": -1}, "max_shift"),
-    ],
-)
-def test_the_recipe_refuses_bad_values(values, message):
-    with pytest.raises(ValueError, match=message):
-        DistributedRecipe(**values)
 
 
 def test_the_global_batch_must_split_evenly():
@@ -52,25 +31,25 @@ def test_the_global_batch_must_split_evenly():
 
 
 def test_the_command_line_reports_a_batch_that_does_not_split(tmp_path, capsys):
-    assert distributed.main(["--batch-size", "255", "--accumulate", "2", "--out", str(tmp_path)]) == 2
+    assert cli.main(["train-parallel", "--batch-size", "255", "--accumulate", "2", "--out", str(tmp_path)]) == 2
     assert "divisible by 2" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--max-steps", "-3"], ["--norm", "none"], ["--strategy", "zero"], []])
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--max-steps", "-3"], ["--norm", "none"], ["--strategy", "zero"],
+                                  ["--max-shift", "9"]])
 def test_the_command_line_refuses_bad_arguments(argv, tmp_path):
-    out = [] if not argv else ["--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
-        distributed.main(argv + out)
+        cli.main(["train-parallel", *argv, "--out", str(tmp_path)])
     assert exit_info.value.code == 2
 
 
 def test_torchrun_meets_on_the_loopback_address_with_one_thread_per_process():
-    command, env = torchrun_command(["--out", "x"], nproc=2, port=29500)
+    command, env = distributed.torchrun_command(["--out", "x"], nproc=2, port=29500)
     assert command[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"]
     assert command[command.index("--master_addr") + 1] == "127.0.0.1"
     assert command[command.index("--master_port") + 1] == "29500"
-    assert command[-4:] == ["-m", "mnist_guide.distributed", "--out", "x"]
+    assert command[-5:] == ["-m", "mnist_guide.cli", "train-parallel", "--out", "x"]
     assert env["OMP_NUM_THREADS"] == "1"
 
 
@@ -108,49 +87,19 @@ def test_augmentation_depends_on_the_sample_not_on_the_process():
     assert torch.equal(together, alone)
 
 
-def test_a_shift_of_zero_leaves_the_images_alone_and_a_centre_offset_too():
-    images = torch.randn(4, 1, 28, 28)
-    assert shift_images(images, torch.zeros(4, 2, dtype=torch.long), 0) is images
-    assert torch.equal(shift_images(images, torch.ones(4, 2, dtype=torch.long), 1), images)
-
-
-# -- gradient accumulation --------------------------------------------------------------------
-
-
-def _gradients(model):
-    return [p.grad.clone() for p in model.parameters()]
-
-
-def _whole_and_accumulated(model, images, labels, micro):
-    """Gradients of one whole batch, then of the same batch accumulated over micro-batches."""
-    F.cross_entropy(model(images), labels).backward()
-    whole = _gradients(model)
-    model.zero_grad()
-    loss, correct = accumulate_gradients(model, list(zip(images.split(micro), labels.split(micro), strict=True)))
-    return whole, _gradients(model), loss, correct
-
-
-@pytest.mark.parametrize("micro", [32, 25, 100])  # 25 leaves a short last micro-batch
-def test_accumulated_micro_batches_give_the_gradient_of_the_whole_batch(micro):
-    images, labels = mnist_slice()[:2]
-    images, labels = images[:100].double(), labels[:100]
-    torch.manual_seed(0)
-    model = GroupNormCNN(SMALL).double()
-    whole, accumulated, loss, correct = _whole_and_accumulated(model, images, labels, micro)
-    for expected, got in zip(whole, accumulated, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    assert loss == pytest.approx(F.cross_entropy(model(images), labels, reduction="sum").item(), rel=1e-9)
-    assert 0 <= correct <= 100
-
-
-def test_batchnorm_is_why_the_check_uses_groupnorm():
-    images, labels = mnist_slice()[:2]
-    images, labels = images[:128].double(), labels[:128]
-    torch.manual_seed(0)
-    model = MnistCNN(SMALL).double()
-    whole, accumulated, _, _ = _whole_and_accumulated(model, images, labels, 64)
-    difference = max((a - b).abs().max().item() for a, b in zip(whole, accumulated, strict=True))
-    assert difference > 1e-4, "BatchNorm's batch statistics make half-batches compute another gradient"
+def test_batchnorm_is_why_the_equality_checks_use_groupnorm():
+    """BatchNorm's batch statistics make a split batch compute another gradient: what GroupNorm avoids."""
+    images, labels = (t[:128].clone() for t in mnist_slice()[:2])
+    gradients = {}
+    for norm in ("batch", "group"):
+        for parts in (1, 2):
+            torch.manual_seed(0)
+            model = MnistCNN(CNNConfig(conv1_channels=4, conv2_channels=8, hidden_units=16, norm=norm)).double()
+            train_step(model, list(zip(images.double().chunk(parts), labels.chunk(parts), strict=True)),
+                       torch.optim.SGD(model.parameters(), lr=0.0))
+            gradients[norm, parts] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert (gradients["batch", 1] - gradients["batch", 2]).abs().max() > 1e-4
+    torch.testing.assert_close(gradients["group", 1], gradients["group", 2], rtol=1e-10, atol=1e-12)
 
 
 # -- rank-aware logging -----------------------------------------------------------------------
@@ -176,7 +125,7 @@ def test_only_rank_0_logs_unless_a_record_is_for_all_ranks():
 
 
 def test_one_process_without_torchrun_writes_a_checkpoint(tmp_path, capsys):
-    assert distributed.main(["--max-steps", "2", "--batch-size", "32", "--no-eval", "--out", str(tmp_path)]) == 0
+    assert cli.main(["train-parallel", "--max-steps", "2", "--batch-size", "32", "--no-eval", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "[rank 0/1]" in out and "wrote checkpoint.pt" in out
     model, checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -208,14 +157,14 @@ def test_two_processes_with_accumulation_reach_the_weights_of_one(tmp_path):
     two = read_checkpoint(tmp_path / "checkpoint.pt")
     assert two.extra["world_size"] == 2 and two.extra["recipe"]["accumulate"] == 2
     one = distributed.train(
-        DistributedRecipe(norm="group", dtype="float64", max_steps=steps, batch_size=batch),
-        device="cpu", evaluate=False,
+        DistributedRecipe(model=CNNConfig(norm="group"), dtype="float64", max_steps=steps, batch_size=batch),
+        device="cpu", evaluate_each_epoch=False,
     )
     reference = one.model.state_dict()
     assert two.model_state.keys() == reference.keys()
     for name, expected in reference.items():
         torch.testing.assert_close(two.model_state[name], expected, rtol=0, atol=1e-9, msg=name)
     torch.manual_seed(0)  # the recipe's seed: the weights both runs started from
-    initial = GroupNormCNN().double().state_dict()
+    initial = MnistCNN(CNNConfig(norm="group")).double().state_dict()
     changed = max((reference[k] - initial[k]).abs().max() for k in reference)
     assert changed > 1e-3, "the runs must actually train for the comparison to mean something"

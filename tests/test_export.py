@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from mnist_guide import cli, export
+from mnist_guide.checkpoint import load_checkpoint
 from mnist_guide.data import MNIST_MEAN, MNIST_STD, mnist_tensors, prepare_mnist
-from mnist_guide.training import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def test_build_model_accepts_the_dict_a_checkpoint_stores():
     config = CNNConfig(conv1_channels=8, conv2_channels=12, hidden_units=20, dropout=0.1)
     stored = model_config(MnistCNN(config))
     assert stored == {"class": "MnistCNN", "conv1_channels": 8, "conv2_channels": 12, "hidden_units": 20,
-                      "dropout": 0.1, "num_classes": 10}
+                      "dropout": 0.1, "num_classes": 10, "norm": "batch"}
     stored.pop("class")
     assert build_model(stored).config == config
 
@@ -52,12 +52,21 @@ def test_channels_last_gives_the_same_outputs():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 1, 32, 32), (2, 1, 8, 8)])
-def test_wrong_input_shapes_raise(shape):
-    with pytest.raises(RuntimeError):
-        build_model().eval()(torch.randn(*shape))
-
-
-def test_build_model_rejects_an_unknown_config_key():
+def test_build_model_rejects_an_unknown_config_key_or_norm():
     with pytest.raises(TypeError):
         build_model({"conv1_channels": 8, "colour": "blue"})
+    with pytest.raises(ValueError, match="norm must be one of"):
+        CNNConfig(norm="layer")
+
+
+def test_group_norm_makes_each_sample_independent_of_its_batch():
+    torch.manual_seed(0)
+    images = torch.randn(8, 1, 28, 28)
+    for norm, independent in (("group", True), ("none", True), ("batch", False)):
+        model = build_model(CNNConfig(norm=norm)).train()
+        whole, halves = model(images), torch.cat([model(images[:4]), model(images[4:])])
+        assert torch.allclose(whole, halves, atol=1e-5) == independent, norm
+
+
+def test_without_normalisation_the_convolutions_get_their_bias_back():
+    assert count_parameters(build_model(CNNConfig(norm="none"))) == 108_922 - 2 * (16 + 32) + 16 + 32

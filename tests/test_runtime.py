@@ -1,4 +1,3 @@
-import os
 import random
 
 import pytest
@@ -19,20 +18,17 @@ def test_pick_device_honours_an_explicit_cpu():
     assert runtime.pick_device("cpu") == torch.device("cpu")
 
 
-def test_pick_device_refuses_an_unavailable_device(monkeypatch):
+def test_pick_device_refuses_an_unavailable_or_unknown_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="not available"):
+    with pytest.raises(runtime.DeviceUnavailableError, match="not available"):
         runtime.pick_device("cuda")
+    with pytest.raises(runtime.DeviceUnavailableError, match="not a device name"):
+        runtime.pick_device("banana")
 
 
 def test_pick_device_reads_the_environment(monkeypatch):
     monkeypatch.setenv("MNIST_GUIDE_DEVICE", "cpu")
     assert runtime.pick_device() == torch.device("cpu")
-
-
-def test_pick_device_works_without_torch_accelerator(monkeypatch):
-    monkeypatch.delattr(torch, "accelerator", raising=False)
-    assert runtime.pick_device().type in ("cuda", "mps", "cpu")
 
 
 def test_seed_everything_repeats_python_and_torch_draws():
@@ -42,7 +38,6 @@ def test_seed_everything_repeats_python_and_torch_draws():
     second = (random.random(), torch.rand(3))
     assert first[0] == second[0]
     assert torch.equal(first[1], second[1])
-    assert os.environ["PYTHONHASHSEED"] == "123"
 
 
 def test_seed_everything_returns_a_seeded_generator():
@@ -77,3 +72,28 @@ def test_environment_variables_move_data_and_artifacts(tmp_path, monkeypatch):
     assert runtime.data_dir() == tmp_path / "d"
     assert runtime.artifacts_dir() == tmp_path / "a"
     assert (tmp_path / "a").is_dir()
+
+
+def test_atomic_write_replaces_whole_files_or_nothing(tmp_path):
+    target = tmp_path / "sub" / "file.bin"
+    runtime.atomic_write(target, lambda temporary: temporary.write_bytes(b"first"))
+    assert target.read_bytes() == b"first" and target.stat().st_mode & 0o777 == 0o644
+
+    def fails(temporary):
+        temporary.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        runtime.atomic_write(target, fails)
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+
+
+def test_int_range_accepts_its_range_and_says_what_is_wrong():
+    import argparse
+
+    seed = runtime.int_range(0, 10)
+    assert seed("10") == 10
+    for text, message in (("11", "outside 0..10"), ("-1", "outside"), ("ten", "not a whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            seed(text)

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from mnist_guide import cli, export, serve
+from mnist_guide.checkpoint import load_checkpoint
 from mnist_guide.data import mnist_dataset
-from mnist_guide.training import load_checkpoint
 
 
 @pytest.fixture(scope="module")

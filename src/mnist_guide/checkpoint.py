@@ -114,7 +114,7 @@ def load_checkpoint(
     if model is None:
         try:
             model = build_model(stored)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path}: holds a model this course cannot build ({stored}: {error}).") from None
     elif model_config(model) != stored:
         raise CheckpointError(

@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mnist_guide.data import CLASSES, TensorLoader, mnist_tensors
 from mnist_guide.runtime import pick_device
-from mnist_guide.training import load_checkpoint
+from mnist_guide.checkpoint import load_checkpoint
 
 #: The report's headline keys, in the order `format_report` prints them.
 HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from mnist_guide.data import MNIST_MEAN, MNIST_STD
-from mnist_guide.runtime import artifacts_dir
+from mnist_guide.runtime import artifacts_dir, atomic_write
 
 #: The file formats `export_model` writes and `load_deployed` reads.
 FORMATS = ("torchscript", "export", "aoti")
@@ -89,21 +88,6 @@ def quiet_torchscript_deprecation() -> Iterator[None]:
         yield
 
 
-def _atomic_output(path: Path, write: Callable[[Path], object]) -> Path:
-    """Call `write(temporary_path)` beside `path`, then rename the result into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def to_torchscript(module: nn.Module, method: str = "script", example: torch.Tensor | None = None):
     """Turn `module` into TorchScript by `"script"` (compiles the Python code) or `"trace"` (records one run).
 
@@ -126,7 +110,7 @@ def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path
     Taught in notebooks/08_deployment.ipynb.
     """
     with quiet_torchscript_deprecation():
-        return _atomic_output(Path(path), lambda temporary: torch.jit.save(scripted, str(temporary)))
+        return atomic_write(path, lambda temporary: torch.jit.save(scripted, str(temporary)))
 
 
 def export_program(module: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
@@ -149,7 +133,7 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Pat
 
     Taught in notebooks/08_deployment.ipynb.
     """
-    return _atomic_output(Path(path), lambda temporary: torch.export.save(program, str(temporary)))
+    return atomic_write(path, lambda temporary: torch.export.save(program, str(temporary)))
 
 
 @contextlib.contextmanager
@@ -180,7 +164,7 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Pat
         with _quiet_cpp_extension_log():
             torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
 
-    return _atomic_output(path, write)
+    return atomic_write(path, write)
 
 
 def detect_format(path: str | Path) -> str:
@@ -283,7 +267,7 @@ class ParityReport:
     @property
     def ok(self) -> bool:
         """Within tolerance everywhere, and the same test accuracy as the eager model."""
-        return self.max_abs_diff <= self.tolerance and self.accuracy == self.reference_accuracy
+        return self.max_abs_diff <= self.tolerance and self.accuracy == self.reference_accuracy  # NaN fails
 
 
 @torch.inference_mode()
@@ -317,7 +301,8 @@ def check_parity(
             got = candidate(images)
             if tuple(got.shape) != tuple(want.shape):
                 raise ValueError(f"{name}: returned shape {list(got.shape)}, the reference {list(want.shape)}")
-            max_diff = max(max_diff, float((got - want).abs().max()))
+            difference = float((got - want).abs().max())
+            max_diff = difference if difference != difference else max(max_diff, difference)  # NaN sticks
             correct += int((got.argmax(1) == y).sum())
             same += int((got.argmax(1) == want.argmax(1)).sum())
         reports.append(
@@ -352,7 +337,7 @@ def format_parity(reports: Sequence[ParityReport], show_difference: bool = False
 def pgm_bytes(image: torch.Tensor) -> bytes:
     """Encode a `[28, 28]` uint8 image as a binary PGM (`P5`), the C++ classifier's input format.
 
-    PGM is a 15-byte text header and the raw grey levels: a C++ program reads it without an
+    PGM is a short text header (13 bytes here) and the raw grey levels: a C++ program reads it without an
     image library, and any image viewer shows it.
 
     Taught in notebooks/08_deployment.ipynb.
@@ -398,7 +383,7 @@ def compile_command(source: str | Path, output: str | Path, compiler: str = "g++
     Taught in notebooks/08_deployment.ipynb.
     """
     root = torch_install_dir()
-    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
+    abi = int(torch.compiled_with_cxx11_abi())
     return [
         compiler, "-std=c++20", "-O2", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
@@ -436,16 +421,14 @@ def build_classifier(
         return binary
     if shutil.which(compiler) is None:
         raise ExportError(f"{compiler} not found: install a C++20 compiler (Debian/Ubuntu: apt install g++).")
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    temporary = binary.with_name(f".{binary.name}.{os.getpid()}.tmp")
-    try:
+
+    def build(temporary: Path) -> None:
         result = subprocess.run(compile_command(source, temporary, compiler), capture_output=True, text=True)
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-20:])
             raise ExportError(f"building {source} failed (exit {result.returncode}):\n{tail}")
-        os.replace(temporary, binary)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    atomic_write(binary, build, mode=0o755)
     return binary
 
 

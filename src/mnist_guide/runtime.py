@@ -115,8 +115,8 @@ def library_versions() -> dict[str, str]:
         metrics_version = torchmetrics.__version__
     except ImportError:
         metrics_version = "not installed"
-    return {"mnist_guide": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "torchmetrics": metrics_version}
+    return {"mnist_guide": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "torchmetrics": str(metrics_version)}
 
 
 def describe_environment(device: torch.device | str | None = None) -> dict[str, str]:
@@ -146,18 +146,18 @@ def format_environment(info: dict[str, str]) -> str:
     return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call `write(temporary)` on a file beside `path`, then rename it into place (mode 0644).
+def atomic_write(path: str | Path, write: Callable[[Path], object], mode: int = 0o644) -> Path:
+    """Call `write(temporary)` on a file beside `path`, then rename it into place with `mode`.
 
     A crash or a full disk mid-write leaves the old file intact and no temporary behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(handle)
     try:
         write(Path(temporary))
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

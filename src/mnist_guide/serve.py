@@ -11,7 +11,6 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from starlette.datastructures import UploadFile
 
 from mnist_guide import __version__
 from mnist_guide.export import DeployedModel, load_deployed
+from mnist_guide.runtime import free_port
 
 #: The largest request body accepted (1 MiB); larger ones get 413.
 MAX_BODY_BYTES = 1 << 20
@@ -229,16 +229,6 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log
 # Running the server in a child process (notebooks and tests)
 
 
-def free_loopback_port() -> int:
-    """Ask the system for a TCP port that is free on 127.0.0.1 right now.
-
-    Taught in notebooks/08_deployment.ipynb.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _stop_process(process: subprocess.Popen, log, timeout: float = 10) -> None:
     if process.poll() is None:
         process.terminate()
@@ -270,7 +260,7 @@ class ServerProcess:
     @classmethod
     def start(cls, model_path: str | Path, port: int | None = None, timeout: float = 120) -> ServerProcess:
         """Start the server on 127.0.0.1 and wait until `GET /health` answers."""
-        port = port or free_loopback_port()
+        port = port or free_port()
         log = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "mnist_guide.cli", "serve", "--model", str(model_path),
                    "--host", "127.0.0.1", "--port", str(port)]
