@@ -38,7 +38,7 @@ from torch import nn
 from mnist_guide.data import TensorLoader, mnist_tensors
 from mnist_guide.models import build_model, count_parameters
 from mnist_guide.runtime import pick_device, seed_everything
-from mnist_guide.training import History, Recipe, fit, make_optimizer, make_scheduler, random_shift
+from mnist_guide.training import History, Recipe, fit, train_course_model
 
 
 class ClassicNet(nn.Module):
@@ -87,27 +87,15 @@ def report_epoch(name: str, run_label: str) -> Callable[[int, History], None]:
 
 def run_course(data, target: float, max_epochs: int, device: torch.device) -> Result:
     """The shortest course schedule reaching `target`: a fresh 1-epoch run, then 2 epochs, ..."""
-    images, labels, test_images, test_labels = data
     result = Result("course")
     for epochs in range(1, max_epochs + 1):
-        recipe = replace(Recipe(), epochs=epochs)
-        seed_everything(recipe.seed)
-        memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-        train_loader = TensorLoader(images, labels, recipe.batch_size, shuffle=True, seed=recipe.seed,
-                                    device=device, augment=random_shift(recipe.max_shift))
-        test_loader = TensorLoader(test_images, test_labels, 1000, device=device)
-        model = build_model(recipe.model).to(device, memory_format=memory_format)
-        optimizer = make_optimizer(model, recipe)
-        scheduler = make_scheduler(optimizer, recipe, len(train_loader))
-        history = fit(model, train_loader, test_loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
-                      device=device, memory_format=memory_format, progress=False,
-                      on_epoch_end=report_epoch("course", f"{epochs}-epoch cycle"))
-        seconds = sum(history.epoch_seconds)
-        result.seconds_used += seconds
+        run = train_course_model(replace(Recipe(), epochs=epochs), device=device, data=data, progress=False,
+                                 on_epoch_end=report_epoch("course", f"{epochs}-epoch cycle"))
+        result.seconds_used += run.train_seconds
         result.epochs_used += epochs
-        result.best_accuracy = max(result.best_accuracy, history.test_accuracy[-1])
-        if history.test_accuracy[-1] >= target:
-            result.seconds_to_target, result.epochs_to_target = seconds, epochs
+        result.best_accuracy = max(result.best_accuracy, run.history.test_accuracy[-1])
+        if run.history.test_accuracy[-1] >= target:
+            result.seconds_to_target, result.epochs_to_target = run.train_seconds, epochs
             break
     return result
 

@@ -1,9 +1,10 @@
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-from small_runs import use_mnist_slice
+from small_runs import cli_on_mnist_slice
 
 from mnist_guide import __version__, cli
 from mnist_guide.checkpoint import load_checkpoint
@@ -50,7 +51,7 @@ def test_an_unknown_command_is_a_usage_error(capsys):
 
 
 def test_train_writes_a_checkpoint_and_metrics(monkeypatch, tmp_path, capsys):
-    use_mnist_slice(monkeypatch)
+    cli_on_mnist_slice(monkeypatch)
     assert cli.main(["train", "--epochs", "1", "--seed", "3", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "epoch 1/1" in out and "test accuracy" in out
@@ -64,12 +65,42 @@ def test_train_writes_a_checkpoint_and_metrics(monkeypatch, tmp_path, capsys):
 
 
 def test_train_resume_continues_where_it_stopped(monkeypatch, tmp_path, capsys):
-    use_mnist_slice(monkeypatch)
+    cli_on_mnist_slice(monkeypatch)
     assert cli.main(["train", "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
     assert cli.main(["train", "--epochs", "1", "--resume", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
     assert cli.main(["train", "--epochs", "2", "--resume", "--device", "cpu", "--out", str(tmp_path)]) == 2
     assert "another recipe" in capsys.readouterr().err
+
+
+def test_train_never_replaces_a_run_without_being_told(monkeypatch, tmp_path, capsys):
+    cli_on_mnist_slice(monkeypatch)
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err and (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert cli.main(["train", "--epochs", "1", "--seed", "1", "--force", "--quiet", "--device", "cpu",
+                     "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "checkpoint.pt").read_bytes() != before
+
+
+def test_train_checks_the_output_folder_before_training(monkeypatch, tmp_path, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before --out was checked")
+
+    monkeypatch.setattr("mnist_guide.training.train_course_model", no_training)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert cli.main(["train", "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any folder")
+def test_train_refuses_a_read_only_folder_before_training(tmp_path, capsys):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    assert cli.main(["train", "--out", str(read_only / "run")]) == 2
+    assert "not writable" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("epochs", ["0", "-1", "two"])
@@ -88,7 +119,7 @@ def test_train_needs_an_output_folder(capsys):
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(monkeypatch, tmp_path, capsys):
-    use_mnist_slice(monkeypatch)
+    cli_on_mnist_slice(monkeypatch)
     assert cli.main(["train", "--resume", "--device", "cpu", "--out", str(tmp_path)]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
 

@@ -47,20 +47,6 @@ def test_median_seconds_without_warmup_runs_only_the_timed_runs():
     assert seconds >= 0
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "error"),
-    [({"repeats": 0}, ValueError), ({"warmup": -1}, ValueError)],
-)
-def test_median_seconds_refuses_bad_counts(kwargs, error):
-    with pytest.raises(error):
-        median_seconds(lambda: None, **kwargs)
-
-
-def test_median_seconds_refuses_a_non_callable():
-    with pytest.raises(TypeError, match="callable"):
-        median_seconds(42)
-
-
 def test_compare_seconds_takes_turns_and_returns_each_median(monkeypatch):
     order = []
     ticks = iter([0.0, 1.0, 1.0, 4.0, 10.0, 12.0, 12.0, 13.0, 20.0, 21.5, 30.0, 32.0])
@@ -68,25 +54,6 @@ def test_compare_seconds_takes_turns_and_returns_each_median(monkeypatch):
     result = compare_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
     assert order == ["a", "b"] * 4
     assert result == {"a": 1.5, "b": 2.0}  # a: 1, 2, 1.5 -> 1.5; b: 3, 1, 2 -> 2
-
-
-@pytest.mark.parametrize(
-    ("candidates", "kwargs", "error", "match"),
-    [
-        ({}, {}, ValueError, "at least one"),
-        ({"a": lambda: None}, {"repeats": 0}, ValueError, "repeats"),
-        ({"a": lambda: None}, {"warmup": -1}, ValueError, "warmup"),
-        ({"a": 3}, {}, TypeError, "'a'"),
-    ],
-)
-def test_compare_seconds_refuses_bad_input(candidates, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        compare_seconds(candidates, **kwargs)
-
-
-def test_synchronize_accepts_the_cpu_and_none():
-    performance.synchronize("cpu")
-    performance.synchronize(None)
 
 
 # --- threads ----------------------------------------------------------------------------------
@@ -104,14 +71,6 @@ def test_num_threads_restores_after_an_error():
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"), num_threads(1):
         raise RuntimeError("boom")
-    assert torch.get_num_threads() == before
-
-
-@pytest.mark.parametrize("count", [0, -2, 1.5, "2"])
-def test_num_threads_refuses_a_bad_count(count):
-    before = torch.get_num_threads()
-    with pytest.raises(ValueError, match="positive int"), num_threads(count):
-        pass
     assert torch.get_num_threads() == before
 
 
@@ -138,18 +97,6 @@ def test_top_operators_ranks_by_self_time_with_shares(small_profile):
     everything = top_operators(small_profile, 10_000)
     assert math.isclose(sum(s.share for s in everything), 1.0, rel_tol=1e-6)
     assert any("addmm" in s.name or "mm" in s.name for s in everything)
-
-
-def test_top_operators_refuses_bad_input(small_profile):
-    with pytest.raises(ValueError, match="at least 1"):
-        top_operators(small_profile, 0)
-    with pytest.raises(ValueError, match="no results"):
-        top_operators(object())
-
-
-def test_top_operators_says_when_no_device_time_was_recorded(small_profile):
-    with pytest.raises(ValueError, match="no device time"):
-        top_operators(small_profile, device_time=True)
 
 
 def test_format_operator_table_aligns_name_calls_milliseconds_and_share():
@@ -182,11 +129,6 @@ def test_model_size_bytes_counts_a_shared_tensor_once():
     assert model_size_bytes(tied) == 20 * 4 * 4
 
 
-def test_model_size_bytes_refuses_other_input():
-    with pytest.raises(TypeError, match="nn.Module or a state_dict"):
-        model_size_bytes([torch.zeros(3)])
-
-
 def test_saved_size_bytes_is_the_file_size_and_deterministic(tmp_path):
     model = MnistCNN()
     size = saved_size_bytes(model)
@@ -217,21 +159,6 @@ def test_quantize_per_row_int8_keeps_a_zero_row_at_zero():
     assert torch.isfinite(scale).all() and (scale > 0).all()
 
 
-@pytest.mark.parametrize(
-    ("weight", "error", "match"),
-    [
-        (torch.zeros(3), ValueError, "2-D"),
-        (torch.zeros(2, 3, 4), ValueError, "2-D"),
-        (torch.zeros(2, 3, dtype=torch.int64), TypeError, "floating-point"),
-        (torch.tensor([[1.0, float("nan")]]), ValueError, "inf or nan"),
-        (torch.tensor([[1.0, float("inf")]]), ValueError, "inf or nan"),
-    ],
-)
-def test_quantize_per_row_int8_refuses_bad_weights(weight, error, match):
-    with pytest.raises(error, match=match):
-        quantize_per_row_int8(weight)
-
-
 def test_int8_linear_matches_the_float_layer_within_rounding():
     torch.manual_seed(0)
     linear = nn.Linear(32, 8)
@@ -249,11 +176,6 @@ def test_int8_linear_without_bias_and_in_bfloat16():
     assert layer.bias is None
     out = layer(torch.randn(3, 16, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and out.shape == (3, 4)
-
-
-def test_int8_linear_refuses_another_layer():
-    with pytest.raises(TypeError, match="nn.Linear"):
-        Int8Linear.from_linear(nn.Conv2d(1, 1, 3))
 
 
 def test_quantize_linear_layers_swaps_every_linear_of_a_copy():
@@ -274,11 +196,6 @@ def test_quantize_linear_layers_accepts_a_bare_linear():
     assert isinstance(quantize_linear_layers(nn.Linear(3, 2)), Int8Linear)
 
 
-def test_quantize_linear_layers_refuses_a_model_without_linear_layers():
-    with pytest.raises(ValueError, match="no nn.Linear"):
-        quantize_linear_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
-
-
 # --- figures ----------------------------------------------------------------------------------
 
 
@@ -286,13 +203,6 @@ def test_plot_speedups_draws_one_bar_per_ratio():
     figure = plot_speedups(["a", "b", "c"], [1.5, 0.7, 1.0], title="t")
     assert len(figure.axes[0].patches) == 3
     plt.close(figure)
-
-
-def test_plot_speedups_refuses_mismatched_input():
-    with pytest.raises(ValueError, match="one ratio per label"):
-        plot_speedups(["a", "b"], [1.0])
-    with pytest.raises(ValueError, match="one ratio per label"):
-        plot_speedups([], [])
 
 
 def test_plot_sparsity_accuracy_draws_the_curve_and_the_baseline():

@@ -130,7 +130,7 @@ def prepare_mnist(root: str | Path | None = None, *, download: bool = False) -> 
 
     A damaged file raises `MnistDataError` naming it, so nothing trains on a partial file.
 
-    Taught in notebooks/05_data_loading.ipynb.
+    Taught in notebooks/00_start_here.ipynb.
     """
     root = Path(root) if root is not None else data_dir()
     raw_dir = root / "MNIST" / "raw"

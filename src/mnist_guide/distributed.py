@@ -87,8 +87,6 @@ def init_world(device: str | torch.device | None = None, timeout_s: float = 300.
     """Join the process group that `torchrun` describes in RANK, WORLD_SIZE, ...; alone without them.
 
     One GPU per process (NCCL) when there are enough, else the CPU (gloo).
-
-    Taught in notebooks/10_scaling_out.ipynb.
     """
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

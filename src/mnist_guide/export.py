@@ -44,9 +44,6 @@ class ExportError(ValueError):
 class DeployableMnist(nn.Module):
     """The trained CNN with its input normalisation inside: pixels in [0, 1] in, logits out.
 
-    `[N, 1, 28, 28]` float32 pixels (any N) -> `[N, 10]` logits. Clients send what
-    `ToTensor()` gives and need neither the mean nor the standard deviation.
-
     Taught in notebooks/08_deployment.ipynb.
     """
 
@@ -80,8 +77,6 @@ def example_pixels(batch_size: int = 2, seed: int = 0) -> torch.Tensor:
 @contextlib.contextmanager
 def quiet_torchscript_deprecation() -> Iterator[None]:
     """Silence torch's "`torch.jit.*` is deprecated" FutureWarning inside the block (shown once in 08).
-
-    Taught in notebooks/08_deployment.ipynb.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
@@ -90,9 +85,6 @@ def quiet_torchscript_deprecation() -> Iterator[None]:
 
 def to_torchscript(module: nn.Module, method: str = "script", example: torch.Tensor | None = None):
     """Turn `module` into TorchScript by `"script"` (compiles the Python code) or `"trace"` (records one run).
-
-    Scripting keeps data-dependent branches; tracing freezes the branch the example took.
-    The course CNN has no such branch, so both agree on it.
 
     Taught in notebooks/08_deployment.ipynb.
     """
@@ -115,9 +107,6 @@ def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path
 
 def export_program(module: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
     """`torch.export` the module with a dynamic batch dimension, so one program serves any batch size.
-
-    The module must be in eval mode first: BatchNorm and dropout are captured as they are, and
-    the exported module cannot be switched afterwards.
 
     Taught in notebooks/08_deployment.ipynb.
     """
@@ -150,9 +139,6 @@ def _quiet_cpp_extension_log() -> Iterator[None]:
 
 def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Path:
     """Compile an exported program ahead of time with AOTInductor into a `.pt2` package; returns the path.
-
-    The package holds a shared library built for this machine's CPU (about 30 s cold with gcc);
-    `load_deployed` or `torch._inductor.aoti_load_package` runs it without Python model code.
 
     Taught in notebooks/08_deployment.ipynb.
     """
@@ -191,10 +177,7 @@ def detect_format(path: str | Path) -> str:
 
 @dataclass
 class DeployedModel:
-    """A model file loaded back: call it on pixels `[N, 1, 28, 28]` in [0, 1] to get logits `[N, 10]`.
-
-    Taught in notebooks/08_deployment.ipynb.
-    """
+    """A model file loaded back: call it on pixels `[N, 1, 28, 28]` in [0, 1] to get logits `[N, 10]`."""
 
     path: Path
     format: str
@@ -230,10 +213,7 @@ def load_deployed(path: str | Path, format: str | None = None) -> DeployedModel:
 
 
 def export_model(model: nn.Module, format: str, out: str | Path) -> Path:
-    """Write `model` (the plain CNN) as a deployable file of `format`; what `mnist-guide export` does.
-
-    Taught in notebooks/08_deployment.ipynb.
-    """
+    """Write `model` (the plain CNN) as a deployable file of `format`; what `mnist-guide export` does."""
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     deployable = make_deployable(model)
@@ -251,10 +231,7 @@ def export_model(model: nn.Module, format: str, out: str | Path) -> Path:
 
 @dataclass
 class ParityReport:
-    """How one exported form compares with the eager model over a set of images.
-
-    Taught in notebooks/08_deployment.ipynb.
-    """
+    """How one exported form compares with the eager model over a set of images."""
 
     name: str
     max_abs_diff: float
@@ -281,9 +258,6 @@ def check_parity(
     batch_size: int = 1000,
 ) -> list[ParityReport]:
     """Compare each candidate's logits with the reference's on every image; one report per candidate.
-
-    `pixels` are `[N, 1, 28, 28]` in [0, 1]. A report is `ok` when no logit differs by more than
-    `tolerance` and the accuracy on `labels` is the reference's.
 
     Taught in notebooks/08_deployment.ipynb.
     """
@@ -337,9 +311,6 @@ def format_parity(reports: Sequence[ParityReport], show_difference: bool = False
 def pgm_bytes(image: torch.Tensor) -> bytes:
     """Encode a `[28, 28]` uint8 image as a binary PGM (`P5`), the C++ classifier's input format.
 
-    PGM is a short text header (13 bytes here) and the raw grey levels: a C++ program reads it without an
-    image library, and any image viewer shows it.
-
     Taught in notebooks/08_deployment.ipynb.
     """
     image = image.detach().cpu()
@@ -377,9 +348,6 @@ def torch_install_dir() -> Path:
 def compile_command(source: str | Path, output: str | Path, compiler: str = "g++") -> list[str]:
     """The g++ command line that builds a libtorch program against the installed torch wheel.
 
-    CMake's `find_package(Torch)` fails on the CUDA wheel without a CUDA toolkit, so the
-    include and library folders are named directly.
-
     Taught in notebooks/08_deployment.ipynb.
     """
     root = torch_install_dir()
@@ -393,10 +361,7 @@ def compile_command(source: str | Path, output: str | Path, compiler: str = "g++
 
 
 def classifier_path(source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None) -> Path:
-    """Where the built classifier lives: `artifacts/cpp/classify-<key>`, keyed by source, torch and flags.
-
-    Taught in notebooks/08_deployment.ipynb.
-    """
+    """Where the built classifier lives: `artifacts/cpp/classify-<key>`, keyed by source, torch and flags."""
     source = Path(source)
     key = hashlib.sha256()
     key.update(source.read_bytes())
@@ -410,9 +375,6 @@ def build_classifier(
     source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None, *, force: bool = False, compiler: str = "g++"
 ) -> Path:
     """Build the C++ classifier with g++ against the wheel's libtorch, or reuse the cached binary.
-
-    The build takes about 20 s and 1 GB of memory; the binary is cached under a name keyed by
-    the source, the torch version and the flags, so a rerun skips it. Returns the binary's path.
 
     Taught in notebooks/08_deployment.ipynb.
     """
@@ -436,10 +398,7 @@ def run_classifier(
     binary: str | Path, model: str | Path, images: Sequence[str | Path] | None = None, *,
     stdin: bytes | None = None, timeout: float = 120,
 ) -> list[int]:
-    """Run the C++ classifier on PGM files (or PGM bytes on stdin); returns the digits it printed.
-
-    Taught in notebooks/08_deployment.ipynb.
-    """
+    """Run the C++ classifier on PGM files (or PGM bytes on stdin); returns the digits it printed."""
     command = [str(binary), str(model), *(str(image) for image in images or [])]
     result = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
     if result.returncode != 0:

@@ -11,10 +11,7 @@ from mnist_guide.data import MNIST_MEAN, MNIST_STD
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """Undo the normalisation when it was applied, giving `[N, 28, 28]` pixels in [0, 1] for display.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """Undo the normalisation when it was applied, giving `[N, 28, 28]` pixels in [0, 1] for display."""
     images = images.detach().to("cpu", torch.float32)
     if images.dim() == 4:
         images = images[:, 0]
@@ -71,9 +68,6 @@ def _history_values(history, key: str) -> list[float]:
 def plot_history(history, *, title: str | None = None, figsize: tuple[float, float] = (10, 3.6)):
     """Draw a run's loss and accuracy per epoch, training beside test; returns the figure.
 
-    Takes a `training.History` or its `to_dict()` (as stored in a checkpoint's `history`).
-    The loss axis is logarithmic, so the late epochs' small gains stay visible.
-
     Taught in notebooks/06_mnist_cnn.ipynb.
     """
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=figsize)
@@ -108,16 +102,11 @@ def plot_confusion_matrix(
 ):
     """Draw a confusion matrix (rows: true class, columns: predicted), as counts or as % of each true class.
 
-    Every non-zero cell is written out, and the colour scale is compressed (power 0.3) so that
-    the few mistakes off the diagonal stay visible beside its large counts. Returns the figure.
-
     Taught in notebooks/07_evaluation.ipynb.
     """
     from matplotlib.colors import PowerNorm
 
     counts = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
-    if counts.dim() != 2 or counts.shape[0] != counts.shape[1]:
-        raise ValueError(f"a confusion matrix is square, got shape {tuple(counts.shape)}")
     size = counts.shape[0]
     values = 100 * counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
     names = list(class_names) if class_names is not None else [str(c) for c in range(size)]
@@ -149,8 +138,6 @@ def plot_speedups(labels: Sequence[str], ratios: Sequence[float], *, title: str 
 
     Taught in notebooks/09_pytorch2_performance.ipynb.
     """
-    if len(labels) != len(ratios) or not labels:
-        raise ValueError(f"need one ratio per label, got {len(labels)} labels and {len(ratios)} ratios")
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
     else:
@@ -179,8 +166,6 @@ def plot_sparsity_accuracy(
 
     Taught in notebooks/09_pytorch2_performance.ipynb.
     """
-    if len(sparsities) != len(accuracies) or not sparsities:
-        raise ValueError(f"need one accuracy per sparsity, got {len(sparsities)} and {len(accuracies)}")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([100 * s for s in sparsities], [100 * a for a in accuracies], marker="o")
     if baseline is not None:
@@ -205,16 +190,11 @@ def plot_feature_maps(
 ):
     """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale.
 
-    With `symmetric=True` each map's colour scale is centred on 0 (for signed maps and kernels,
-    with a diverging `cmap` such as "RdBu_r").
-
     Taught in notebooks/06_mnist_cnn.ipynb.
     """
     maps = maps.detach().to("cpu", torch.float32)
     if maps.dim() == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
-    if maps.dim() != 3:
-        raise ValueError(f"expected maps shaped [C, H, W] (or [C, 1, H, W]), got {tuple(maps.shape)}")
     count = len(maps)
     ncols = min(ncols, count)
     nrows = -(-count // ncols)
@@ -237,9 +217,6 @@ def plot_convolution_step(
     image: torch.Tensor, kernel: torch.Tensor, positions: Sequence[tuple[int, int]], *, title: str | None = None
 ):
     """Draw a kernel sliding over an image: the window at each position, the kernel, and the output it fills.
-
-    One row per `(row, col)` position: the image with the kernel's window outlined, the window
-    times the kernel, and the output map with that position's value marked. Returns the figure.
 
     Taught in notebooks/06_mnist_cnn.ipynb.
     """

@@ -60,8 +60,6 @@ def _reject_constant(name: str) -> float:
 def pixels_from_json(body: bytes) -> torch.Tensor:
     """Parse and check `{"pixels": [[...] x 28]}`: 28 rows of 28 finite numbers in [0, 255].
 
-    Returns float32 `[28, 28]` grey levels; anything else raises `BadInput` saying what is wrong.
-
     Taught in notebooks/08_deployment.ipynb.
     """
     try:
@@ -96,8 +94,6 @@ def pixels_from_png(data: bytes) -> torch.Tensor:
 
     Other sizes are refused rather than resized: the model only knows centred 28 x 28 digits.
     The size is checked before the pixels are decoded, so a small file cannot unpack into a huge image.
-
-    Taught in notebooks/08_deployment.ipynb.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -131,8 +127,6 @@ class Predictor:
 
     The lock lets one request at a time into the model: an AOTInductor package runs one call at
     a time anyway, and on a CPU the model's own threads already use every core.
-
-    Taught in notebooks/08_deployment.ipynb.
     """
 
     model: DeployedModel
@@ -243,9 +237,6 @@ def _stop_process(process: subprocess.Popen, log, timeout: float = 10) -> None:
 @dataclass
 class ServerProcess:
     """`mnist-guide serve` running in a child process on a loopback port; `stop()` ends it.
-
-    It is also stopped when the object is garbage-collected or Python exits, so a notebook that
-    is re-run or shut down leaves no server behind. Use it as a context manager in scripts.
 
     Taught in notebooks/08_deployment.ipynb.
     """

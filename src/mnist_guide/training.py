@@ -24,10 +24,7 @@ COURSE_CHECKPOINT = "mnist_cnn.pt"
 
 @dataclass
 class History:
-    """Per-epoch figures of a training run: losses, accuracies, training seconds and learning rate.
-
-    Taught in notebooks/06_mnist_cnn.ipynb.
-    """
+    """Per-epoch figures of a training run: losses, accuracies, training seconds and learning rate."""
 
     train_loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
@@ -215,10 +212,7 @@ class Recipe:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """Adam with the recipe's rate, betas and weight decay.
-
-    Taught in notebooks/06_mnist_cnn.ipynb.
-    """
+    """Adam with the recipe's rate, betas and weight decay."""
     return torch.optim.Adam(model.parameters(), lr=recipe.max_lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
 
 
