@@ -80,7 +80,7 @@ def _cmd_train_parallel(args: argparse.Namespace) -> int:
         world = distributed.init_world(args.device)
         handler.addFilter(distributed.RankFilter(world.rank, world.world_size))
         distributed.train(recipe, out=args.out, device=args.device, strategy=args.strategy,
-                          evaluate_each_epoch=not args.no_eval)
+                          evaluate_each_epoch=not args.no_eval, log_every=args.log_every)
     finally:
         distributed.logger.removeHandler(handler)
         if distributed.dist.is_initialized():
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int_range(0, 2**32 - 1), default=0)
     add("--device", default=None, help="cpu or cuda (default: one GPU per process if enough, else cpu)")
     add("--no-eval", action="store_true", help="skip the test-set evaluation after each epoch")
+    add("--log-every", type=positive_int, default=50, help="log progress every N steps")
     parallel.set_defaults(handler=_cmd_train_parallel)
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on the MNIST test set")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,9 +32,7 @@ from mnist_guide.runtime import free_port, pick_device
 from mnist_guide.training import History, Recipe, evaluate, make_optimizer, make_scheduler, train_one_epoch
 
 logger = logging.getLogger(__name__)
-STRATEGIES = ("ddp", "fsdp")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -70,10 +69,6 @@ class World:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     backend: str | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all processes (unchanged for a process alone)."""
@@ -165,6 +160,14 @@ def _shard_batches(images, labels, indices, offsets, recipe: DistributedRecipe, 
         yield x.to(DTYPES[recipe.dtype]), labels[step]
 
 
+def _log_steps(batches: Iterator, optimizer: torch.optim.Optimizer, first: int, total: int, every: int) -> Iterator:
+    """Pass the batches through, logging every `every`-th finished step (rank 0's log shows progress)."""
+    for step, batch in enumerate(batches, first + 1):
+        yield batch
+        if step % every == 0 or step == total:
+            logger.info(f"step {step}/{total}: learning rate {optimizer.param_groups[0]['lr']:.5f}")
+
+
 @dataclass
 class DistributedRun:
     """What `train` returns on every rank: the trained model (whole on rank 0), its history, steps and seconds."""
@@ -184,6 +187,7 @@ def train(
     strategy: str = "ddp",
     data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     evaluate_each_epoch: bool = True,
+    log_every: int = 50,
 ) -> DistributedRun:
     """Train with `recipe` on every process of the group (or alone), with `training.train_one_epoch`; rank 0 writes `out/checkpoint.pt`.
 
@@ -218,13 +222,14 @@ def train(
                                    total_steps - steps)
         learning_rate, started = optimizer.param_groups[0]["lr"], time.perf_counter()
         loss, accuracy = train_one_epoch(parallel, batches, optimizer, scheduler=scheduler, device=world.device,
-                                         memory_format=memory_format, accumulate=recipe.accumulate)
+                                         memory_format=memory_format, accumulate=recipe.accumulate,
+                                         progress=partial(_log_steps, optimizer=optimizer, first=steps, total=total_steps,
+                                                          every=log_every))
         steps = min(steps + per_epoch, total_steps)
         loss, accuracy = (world.all_sum(torch.tensor([loss, accuracy], dtype=torch.float64)) / world.world_size).tolist()
-        history.train_loss.append(loss)
-        history.train_accuracy.append(accuracy)
-        history.epoch_seconds.append(time.perf_counter() - started)
-        history.learning_rate.append(learning_rate)
+        for key, value in (("train_loss", loss), ("train_accuracy", accuracy), ("learning_rate", learning_rate),
+                           ("epoch_seconds", time.perf_counter() - started)):
+            getattr(history, key).append(value)
         if evaluate_each_epoch:
             if world.backend is not None:  # every process evaluates rank 0's BatchNorm statistics
                 for buffer in parallel.buffers():
@@ -239,12 +244,12 @@ def train(
         if steps == total_steps:
             break
     state = _full_state_dict(parallel, world, strategy)
-    if state is not None:
+    if state is not None:  # the whole model: every rank under DDP, rank 0 under FSDP
         model = build_model(recipe.model).to(DTYPES[recipe.dtype])
         model.load_state_dict(state)
     checkpoint_path = Path(out) / "checkpoint.pt" if out is not None else None
     train_seconds = sum(history.epoch_seconds)
-    if checkpoint_path is not None and world.is_main:  # the others hold the same weights
+    if checkpoint_path is not None and world.rank == 0:  # the others hold the same weights
         sharded = world.backend is not None and strategy == "fsdp"  # FSDP's optimizer state is sharded: not saved
         save_checkpoint(checkpoint_path, model, epoch=len(history.train_loss), history=history,
                         optimizer=None if sharded else optimizer, scheduler=None if sharded else scheduler,
@@ -260,7 +265,7 @@ def _full_state_dict(model: nn.Module, world: World, strategy: str) -> dict | No
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if world.is_main else None
+        return state if world.rank == 0 else None
     return {key: value.detach().cpu() for key, value in getattr(model, "module", model).state_dict().items()}
 
 
@@ -270,7 +275,7 @@ def torchrun_command(args: Sequence[str], nproc: int = 2, port: int | None = Non
 
     Taught in notebooks/10_scaling_out.ipynb.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", LOOPBACK,
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                "--master_port", str(port or free_port()), "-m", "mnist_guide.cli", "train-parallel", *args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process), PYTHONUNBUFFERED="1")
     if sys.platform.startswith("linux"):
