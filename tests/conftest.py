@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -57,9 +56,9 @@ def mnist_copy(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    from mnist_guide.runtime import free_port
+
+    return free_port()
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +75,15 @@ def course_checkpoint() -> Path:
     finally:
         network_guard.uninstall()
     return course_checkpoint_path()
+
+
+@pytest.fixture(scope="session")
+def exported_files(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The course model as TorchScript (`.pt`) and as a `torch.export` program (`.pt2`), each written by `mnist-guide export`."""
+    from mnist_guide import cli
+
+    folder = tmp_path_factory.mktemp("exported")
+    files = {"torchscript": folder / "mnist_cnn.pt", "export": folder / "mnist_cnn.pt2"}
+    for format, out in files.items():
+        assert cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", format, "--out", str(out)]) == 0
+    return files

@@ -21,7 +21,8 @@ def test_evaluate_json_on_the_course_checkpoint(course_checkpoint, capsys):
     assert {"class", "support", "precision", "recall", "f1"} <= set(report["per_class"][0])
     matrix = report["confusion_matrix"]
     assert len(matrix) == 10 and all(len(row) == 10 for row in matrix)
-    assert sum(map(sum, matrix)) == 10_000
+    assert sum(map(sum, matrix)) == report["samples"] == 10_000
+    assert sum(matrix[c][c] for c in range(10)) == round(report["accuracy"] * 10_000)
 
 
 def test_evaluate_prints_tables_without_json(monkeypatch, capsys):

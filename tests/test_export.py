@@ -30,17 +30,6 @@ def test_pixels() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def cli_files(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The TorchScript file and the .pt2 program, each written by `mnist-guide export`."""
-    folder = tmp_path_factory.mktemp("exported")
-    files = {"torchscript": folder / "mnist_cnn.pt", "export": folder / "mnist_cnn.pt2"}
-    for format, out in files.items():
-        code = cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", format, "--out", str(out)])
-        assert code == 0 and out.is_file()
-    return files
-
-
-@pytest.fixture(scope="module")
 def aoti_file(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An AOTInductor package written by `mnist-guide export --format aoti` (about 30 s to compile)."""
     out = tmp_path_factory.mktemp("aoti") / "mnist_cnn_aoti.pt2"
@@ -120,8 +109,8 @@ def test_export_program_refuses_a_model_in_training_mode(model):
 # Files: formats, loading, atomic writes
 
 
-def test_detect_format_and_load_each_cli_file(cli_files):
-    for format, path in cli_files.items():
+def test_detect_format_and_load_each_cli_file(exported_files):
+    for format, path in exported_files.items():
         assert export.detect_format(path) == format
         loaded = export.load_deployed(path)
         assert loaded.format == format
@@ -145,9 +134,9 @@ def test_load_deployed_refuses_a_file_that_is_not_a_model(tmp_path):
         export.load_deployed(other_zip)
 
 
-def test_load_deployed_reports_a_truncated_file(cli_files, tmp_path):
+def test_load_deployed_reports_a_truncated_file(exported_files, tmp_path):
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(cli_files["torchscript"].read_bytes()[:5000])
+    truncated.write_bytes(exported_files["torchscript"].read_bytes()[:5000])
     with pytest.raises(export.ExportError):
         export.load_deployed(truncated, format="torchscript")
 
@@ -193,9 +182,9 @@ def test_compile_aoti_wants_a_pt2_name(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_every_exported_form_matches_eager_on_the_test_set(model, cli_files, aoti_file, test_pixels):
+def test_every_exported_form_matches_eager_on_the_test_set(model, exported_files, aoti_file, test_pixels):
     pixels, labels = test_pixels
-    candidates = {format: export.load_deployed(path) for format, path in cli_files.items()}
+    candidates = {format: export.load_deployed(path) for format, path in exported_files.items()}
     candidates["aoti"] = export.load_deployed(aoti_file)
     reports = export.check_parity(export.make_deployable(model), candidates, pixels, labels)
     assert [report.name for report in reports] == ["torchscript", "export", "aoti"]
@@ -247,11 +236,11 @@ FRESH_PROCESS_SCORE = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_a_fresh_process_without_mnist_guide_scores_the_cli_files(cli_files, aoti_file, tmp_path):
+def test_a_fresh_process_without_mnist_guide_scores_the_exported_files(exported_files, aoti_file, tmp_path):
     raw = prepare_mnist() / "MNIST" / "raw"
     script = tmp_path / "score.py"
     script.write_text(FRESH_PROCESS_SCORE)
-    specs = [f"{format}={path}" for format, path in {**cli_files, "aoti": aoti_file}.items()]
+    specs = [f"{format}={path}" for format, path in {**exported_files, "aoti": aoti_file}.items()]
     result = subprocess.run(
         [sys.executable, "-W", "ignore::FutureWarning", str(script),
          str(raw / "t10k-images-idx3-ubyte"), str(raw / "t10k-labels-idx1-ubyte"), *specs],
@@ -326,14 +315,14 @@ def classifier() -> Path:
 
 
 @pytest.mark.slow
-def test_the_cpp_program_classifies_test_images(classifier, cli_files, model, test_pixels, tmp_path):
+def test_the_cpp_program_classifies_test_images(classifier, exported_files, model, test_pixels, tmp_path):
     pixels, labels = test_pixels[0][:12], test_pixels[1][:12]
     images = (pixels[:, 0] * 255).round().to(torch.uint8)
     files = [export.write_pgm(image, tmp_path / f"digit_{i}.pgm") for i, image in enumerate(images)]
     with torch.inference_mode():
         expected = export.make_deployable(model)(images[:, None].float() / 255).argmax(1).tolist()
-    from_files = export.run_classifier(classifier, cli_files["torchscript"], files)
-    from_stdin = export.run_classifier(classifier, cli_files["torchscript"], stdin=b"".join(map(export.pgm_bytes, images)))
+    from_files = export.run_classifier(classifier, exported_files["torchscript"], files)
+    from_stdin = export.run_classifier(classifier, exported_files["torchscript"], stdin=b"".join(map(export.pgm_bytes, images)))
     assert from_files == from_stdin == expected
     assert sum(d == y for d, y in zip(from_files, labels.tolist(), strict=True)) >= 11
 
@@ -346,8 +335,8 @@ def test_the_cpp_program_is_cached(classifier):
 
 
 @pytest.mark.slow
-def test_the_cpp_program_refuses_bad_input(classifier, cli_files, tmp_path):
-    model_file = cli_files["torchscript"]
+def test_the_cpp_program_refuses_bad_input(classifier, exported_files, tmp_path):
+    model_file = exported_files["torchscript"]
     not_pgm = tmp_path / "digit.png"
     not_pgm.write_bytes(b"\x89PNG not really")
     wrong_size = tmp_path / "big.pgm"

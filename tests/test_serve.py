@@ -28,10 +28,8 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def model_file(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "mnist_cnn.pt"
-    assert cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
-    return out
+def model_file(exported_files: dict[str, Path]) -> Path:
+    return exported_files["torchscript"]
 
 
 @pytest.fixture(scope="module")
