@@ -51,28 +51,12 @@ class IdxFile:
 
 
 MNIST_FILES: dict[str, IdxFile] = {
-    spec.name: spec
-    for spec in (
-        IdxFile(
-            "train-images-idx3-ubyte", 2051, (60000, 28, 28),
-            "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
-            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        ),
-        IdxFile(
-            "train-labels-idx1-ubyte", 2049, (60000,),
-            "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203",
-            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        ),
-        IdxFile(
-            "t10k-images-idx3-ubyte", 2051, (10000, 28, 28),
-            "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be",
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        ),
-        IdxFile(
-            "t10k-labels-idx1-ubyte", 2049, (10000,),
-            "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b",
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        ),
+    row[0]: IdxFile(*row)
+    for row in (  # name, magic, shape, SHA-256 of the .gz, SHA-256 of its content
+        ("train-images-idx3-ubyte", 2051, (60000, 28, 28), "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        ("train-labels-idx1-ubyte", 2049, (60000,), "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        ("t10k-images-idx3-ubyte", 2051, (10000, 28, 28), "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        ("t10k-labels-idx1-ubyte", 2049, (10000,), "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
     )
 }
 
@@ -108,10 +92,8 @@ def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
             f"expected magic {spec.magic} and shape {spec.shape} (wrong or damaged file?). {RESTORE_HINT}"
         )
     if len(raw) != spec.size:
-        raise MnistDataError(
-            f"{gz_path}: {'more than ' if len(raw) > spec.size else ''}{len(raw)} bytes once decompressed, "
-            f"expected {spec.size}. {RESTORE_HINT}"
-        )
+        found = "more than that" if len(raw) > spec.size else f"{len(raw)} (truncated?)"
+        raise MnistDataError(f"{gz_path}: {spec.size} bytes expected once decompressed, {found}. {RESTORE_HINT}")
     if _sha256(raw) != spec.raw_sha256:
         raise MnistDataError(f"{gz_path}: checksum mismatch (file corrupt?). {RESTORE_HINT}")
     return raw
