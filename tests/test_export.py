@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -139,6 +141,89 @@ def test_load_deployed_reports_a_truncated_file(exported_files, tmp_path):
     truncated.write_bytes(exported_files["torchscript"].read_bytes()[:5000])
     with pytest.raises(export.ExportError):
         export.load_deployed(truncated, format="torchscript")
+
+
+def _copy(path: Path, to: Path, *, manifest: bool = True) -> Path:
+    to.write_bytes(path.read_bytes())
+    if manifest:
+        export.write_manifest(to)
+    return to
+
+
+def test_a_model_file_without_a_matching_manifest_is_refused_unless_trusted(exported_files, tmp_path):
+    stranger = _copy(exported_files["torchscript"], tmp_path / "stranger.pt", manifest=False)
+    with pytest.raises(export.ExportError, match="no stranger.pt.sha256 beside it.*--trust"):
+        export.load_deployed(stranger)
+    assert export.load_deployed(stranger, trust=True).format == "torchscript"
+    swapped = _copy(exported_files["torchscript"], tmp_path / "swapped.pt")
+    swapped.write_bytes(exported_files["export"].read_bytes())  # another valid model under the old manifest
+    with pytest.raises(export.ExportError, match="SHA-256 differs"):
+        export.load_deployed(swapped)
+
+
+@pytest.mark.parametrize("format", ["torchscript", "export"])
+def test_flipped_bits_in_a_model_file_are_refused_even_when_trusted(exported_files, tmp_path, format):
+    path = _copy(exported_files[format], tmp_path / exported_files[format].name, manifest=False)
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.compress_size)
+    data = bytearray(path.read_bytes())
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra) + 16
+    for offset in range(start, start + 100):
+        data[offset] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(export.ExportError, match="CRC"):
+        export.load_deployed(path, trust=True)
+
+
+class _Payload:
+    """Unpickling this creates `marker`: what a hostile model file would do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _hostile_pt2(clean: Path, out: Path, marker: Path, how: str) -> Path:
+    """A copy of a real .pt2 carrying a pickle payload the way `how` says, with a manifest that matches it."""
+    payload = io.BytesIO()
+    torch.save(_Payload(marker), payload)
+    with zipfile.ZipFile(clean) as source, zipfile.ZipFile(out, "w") as target:
+        root = source.namelist()[0].split("/", 1)[0]
+        for name in source.namelist():
+            content = source.read(name)
+            if how == "use_pickle" and name.endswith("data/weights/model_weights_config.json"):
+                config = json.loads(content)
+                first = next(iter(config["config"].values()))
+                first["use_pickle"] = True
+                source_weight = first["path_name"]
+                content = json.dumps(config).encode()
+            if how == "sample_inputs" and name.endswith("data/sample_inputs/model.pt"):
+                content = payload.getvalue()
+            target.writestr(name, content)
+        if how == "legacy":
+            target.writestr(f"{root}/data/weights/model.pt", payload.getvalue())
+        if how == "use_pickle":
+            target.writestr(f"{root}/data/weights/{source_weight}.pickled", payload.getvalue())
+    export.write_manifest(out)
+    return out
+
+
+@pytest.mark.parametrize("how", ["legacy", "use_pickle", "sample_inputs"])
+def test_a_pt2_carrying_pickles_is_refused_before_torch_opens_it(exported_files, tmp_path, how):
+    marker = tmp_path / "payload-ran"
+    hostile = _hostile_pt2(exported_files["export"], tmp_path / f"{how}.pt2", marker, how)
+    for trust in (False, True):
+        with pytest.raises(export.ExportError, match="run code when loaded"):
+            export.load_deployed(hostile, trust=trust)
+    assert not marker.exists(), "the payload ran"
+
+
+def test_exported_files_are_written_with_their_manifest_and_mode_0644(exported_files):
+    for path in exported_files.values():
+        assert export.manifest_path(path).read_text().split() == [hashlib.sha256(path.read_bytes()).hexdigest(), path.name]
+        assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_unknown_format_is_refused(model, tmp_path):

@@ -122,7 +122,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from mnist_guide.serve import serve
 
-    serve(args.model, host=args.host, port=args.port)
+    serve(args.model, host=args.host, port=args.port, trust=args.trust)
     return 0
 
 
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve an exported model over HTTP: GET /health, POST /predict")
     serve.add_argument("--model", required=True, help="a file written by `mnist-guide export` (any format)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--trust", action="store_true",
+                       help="load a model file that `mnist-guide export` did not write (it runs code: only files you know)")
     serve.add_argument("--port", type=int_range(1, 65535), default=8000, help="TCP port (default: 8000)")
     serve.set_defaults(handler=_cmd_serve)
     return parser

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
+import json
 import logging
 import os
 import shutil
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnist_guide.checkpoint import check_zip
 from mnist_guide.data import MNIST_MEAN, MNIST_STD
 from mnist_guide.runtime import artifacts_dir, atomic_write
 
@@ -96,13 +99,60 @@ def to_torchscript(module: nn.Module, method: str = "script", example: torch.Ten
         return torch.jit.trace(module, example if example is not None else example_pixels())
 
 
+def _write_model_file(path: str | Path, serialise: Callable[[io.BytesIO], object]) -> Path:
+    """Serialise to memory, write the bytes atomically, and record their SHA-256 beside them (`write_manifest`)."""
+    buffer = io.BytesIO()
+    serialise(buffer)
+    atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
+    write_manifest(path)
+    return Path(path)
+
+
+def manifest_path(path: str | Path) -> Path:
+    """Where the SHA-256 of a model file is recorded: `NAME.sha256` beside it, in `sha256sum` format."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def write_manifest(path: str | Path) -> Path:
+    """Record the SHA-256 of a model file this course wrote: `load_deployed` trusts only files that match theirs."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return atomic_write(manifest_path(path), lambda temporary: temporary.write_text(f"{digest}  {Path(path).name}\n"))
+
+
+def _check_manifest(path: Path) -> None:
+    manifest = manifest_path(path)
+    if not manifest.is_file():
+        raise ExportError(f"{path}: no {manifest.name} beside it, so nothing says this course wrote it; a model file runs "
+                          "code when loaded: load only files from `mnist-guide export`, or pass --trust for one you know")
+    if manifest.read_text(encoding="utf-8", errors="replace").split()[:1] != [hashlib.sha256(path.read_bytes()).hexdigest()]:
+        raise ExportError(f"{path}: its SHA-256 differs from {manifest.name} (changed or damaged since it was written); "
+                          "export it again, or pass --trust if you changed it on purpose")
+
+
+def _refuse_pickles(path: Path, archive: zipfile.ZipFile) -> None:
+    """Refuse a `torch.export` archive holding anything torch would unpickle with `weights_only=False`."""
+    for name in archive.namelist():
+        inner = name.split("/", 1)[-1]
+        if inner.startswith(("data/weights/", "data/constants/")) and inner.endswith(".pt"):
+            raise ExportError(f"{path}: holds pickled weights ({inner}), which run code when loaded; refused")
+        if inner.startswith(("data/weights/", "data/constants/")) and inner.endswith("_config.json"):
+            for entry in json.loads(archive.read(name)).get("config", {}).values():
+                if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
+                    raise ExportError(f"{path}: {inner} asks for pickled objects, which run code when loaded; refused")
+        if inner.startswith("data/sample_inputs/"):
+            try:
+                torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+            except Exception:
+                raise ExportError(f"{path}: {inner} is not plain tensor data (it would run code when loaded); refused") from None
+
+
 def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path:
     """Write a TorchScript module atomically (a temporary file, then a rename); returns the path.
 
     Taught in notebooks/08_deployment.ipynb.
     """
     with quiet_torchscript_deprecation():
-        return atomic_write(path, lambda temporary: torch.jit.save(scripted, str(temporary)))
+        return _write_model_file(path, lambda buffer: torch.jit.save(scripted, buffer))
 
 
 def export_program(module: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
@@ -122,7 +172,7 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Pat
 
     Taught in notebooks/08_deployment.ipynb.
     """
-    return atomic_write(path, lambda temporary: torch.export.save(program, str(temporary)))
+    return _write_model_file(path, lambda buffer: torch.export.save(program, buffer))
 
 
 @contextlib.contextmanager
@@ -150,7 +200,9 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Pat
         with _quiet_cpp_extension_log():
             torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
 
-    return atomic_write(path, write)
+    atomic_write(path, write)
+    write_manifest(path)
+    return path
 
 
 def detect_format(path: str | Path) -> str:
@@ -187,8 +239,11 @@ class DeployedModel:
         return self.module(pixels)
 
 
-def load_deployed(path: str | Path, format: str | None = None) -> DeployedModel:
+def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = False) -> DeployedModel:
     """Load a TorchScript file, a `torch.export` program or an AOTInductor package, whichever `path` holds.
+
+    Model files are code: the file must match the SHA-256 that `export` recorded beside it (unless
+    `trust=True`), its zip CRCs must hold, and a `.pt2` holding pickles is refused.
 
     Taught in notebooks/08_deployment.ipynb.
     """
@@ -196,6 +251,12 @@ def load_deployed(path: str | Path, format: str | None = None) -> DeployedModel:
     format = format or detect_format(path)
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+    check_zip(path, ExportError)
+    if not trust:
+        _check_manifest(path)
+    if format == "export":
+        with zipfile.ZipFile(path) as archive:
+            _refuse_pickles(path, archive)
     try:
         if format == "torchscript":
             with quiet_torchscript_deprecation():

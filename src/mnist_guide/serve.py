@@ -174,12 +174,12 @@ async def _upload_from_form(request: Request, body: bytes) -> bytes:
         await form.close()
 
 
-def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, trust: bool = False) -> FastAPI:
     """Build the FastAPI app serving the model file at `model_path` (any format `load_deployed` reads).
 
     Taught in notebooks/08_deployment.ipynb.
     """
-    deployed = load_deployed(model_path)
+    deployed = load_deployed(model_path, trust=trust)
     predictor = Predictor(deployed)
 
     app = FastAPI(title="mnist-guide digit reader", version=__version__, description=_USAGE)
@@ -209,14 +209,15 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES) 
     return app
 
 
-def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          trust: bool = False) -> None:
     """Serve the model over HTTP with uvicorn until interrupted (what `mnist-guide serve` runs).
 
     Taught in notebooks/08_deployment.ipynb.
     """
     import uvicorn
 
-    uvicorn.run(create_app(model_path), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(model_path, trust=trust), host=host, port=port, log_level=log_level)
 
 
 # --------------------------------------------------------------------------------------------
