@@ -293,8 +293,8 @@ class NoInkError(ValueError):
     """The image holds no digit: it is blank, or its strokes barely differ from the paper."""
 
 
-def _as_float_image(image, max_value: float | None) -> torch.Tensor:
-    """Any `[H, W]`, `[H, W, C]` or `[C, H, W]` array or tensor (C = 1-4) as float32 `[H, W, C]` in [0, 1]."""
+def _as_float_image(image, max_value: float | None):
+    """Any `[H, W]`, `[H, W, C]` or `[C, H, W]` array or tensor (C = 1-4) as a float32 NumPy `[H, W, C]` in [0, 1]."""
     import numpy as np
 
     if isinstance(image, torch.Tensor):
@@ -306,16 +306,13 @@ def _as_float_image(image, max_value: float | None) -> torch.Tensor:
         array = array.transpose(1, 2, 0)  # channels first, as torchvision gives them
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"expected a grey, grey+alpha, RGB or RGBA image, got an array of shape {array.shape}")
-    if max_value is None:
-        known = {np.dtype(np.bool_): 1.0, np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-        if array.dtype in known:
-            max_value = known[array.dtype]
-        elif array.dtype.kind == "f":
-            max_value = 1.0
-        else:
-            raise ValueError(f"{array.dtype} pixels: pass max_value (65535 for a 16-bit image, 255 for 8-bit)")
-    pixels = torch.from_numpy(array.astype(np.float32)) / max_value
-    return pixels.nan_to_num_(0.0).clamp_(0.0, 1.0)
+    full_range = {np.dtype(np.bool_): 1.0, np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+    if max_value is None and array.dtype in full_range:
+        return array.astype(np.float32) / np.float32(full_range[array.dtype])
+    if max_value is None and array.dtype.kind != "f":
+        raise ValueError(f"{array.dtype} pixels: pass max_value (65535 for a 16-bit image, 255 for 8-bit)")
+    pixels = array.astype(np.float32) / np.float32(max_value or 1.0)
+    return np.clip(np.nan_to_num(pixels, nan=0.0), 0.0, 1.0)
 
 
 def ink_on_black(image, *, max_value: float | None = None) -> torch.Tensor:
@@ -327,20 +324,20 @@ def ink_on_black(image, *, max_value: float | None = None) -> torch.Tensor:
 
     Taught in notebooks/09_deployment.ipynb.
     """
-    pixels = _as_float_image(image, max_value)
+    import numpy as np
+
+    pixels = _as_float_image(image, max_value)  # NumPy: one thread, however large the image
     colour, alpha = (pixels[..., :-1], pixels[..., -1]) if pixels.shape[2] in (2, 4) else (pixels, None)
-    grey = colour[..., 0] if colour.shape[2] == 1 else colour @ torch.tensor([0.299, 0.587, 0.114])
+    grey = colour[..., 0] if colour.shape[2] == 1 else colour @ np.array([0.299, 0.587, 0.114], np.float32)
     if alpha is not None:
         if alpha.sum() == 0:
             raise NoInkError("no ink: the image is fully transparent; draw a digit")
         ink_grey = (alpha * grey).sum() / alpha.sum()  # the colour of what is drawn
         paper = 1.0 if ink_grey < 0.5 else 0.0
-        grey = alpha * grey + (1 - alpha) * paper
-    border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    paper = border.median()
-    if paper - grey.min() > grey.max() - paper:  # light paper, dark ink
-        return (paper - grey).clamp_(min=0)
-    return (grey - paper).clamp_(min=0)
+        grey = alpha * grey + (1 - alpha) * np.float32(paper)
+    paper = np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    ink = paper - grey if paper - grey.min() > grey.max() - paper else grey - paper  # light paper: dark ink
+    return torch.from_numpy(np.maximum(ink, 0, dtype=np.float32))
 
 
 def mnist_style(image, *, max_value: float | None = None) -> torch.Tensor:
@@ -357,8 +354,8 @@ def mnist_style(image, *, max_value: float | None = None) -> torch.Tensor:
     ink = ink_on_black(image, max_value=max_value)
     peak = float(ink.max())
     if peak < MIN_INK_CONTRAST:
-        raise NoInkError(f"no ink: the image is blank (its strokes differ from the paper by {peak:.0%} of "
-                         f"the full range, less than {MIN_INK_CONTRAST:.0%}); draw a digit")
+        raise NoInkError(f"no ink: the image is blank (no pixel differs from the paper by {MIN_INK_CONTRAST:.0%} "
+                         "of the full range); draw a digit")
     rows, columns = torch.nonzero(ink * 510 >= peak, as_tuple=True)  # at least half an 8-bit grey level
     crop = ink[int(rows.min()) : int(rows.max()) + 1, int(columns.min()) : int(columns.max()) + 1]
     scale = MNIST_BOX / max(crop.shape)

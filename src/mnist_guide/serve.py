@@ -230,7 +230,8 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES) 
             raise BadInput(400, f"the body is empty; {_USAGE}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
-            grey_levels = pixels_from_png(await _upload_from_form(request, body))
+            upload = await _upload_from_form(request, body)
+            grey_levels = await run_in_threadpool(pixels_from_png, upload)  # decoding a large PNG takes a while
         elif content_type in ("", "application/json") or content_type.endswith("+json"):
             grey_levels = pixels_from_json(body)
         else:
