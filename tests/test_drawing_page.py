@@ -69,10 +69,11 @@ def page(server, chromium):
             page = browser.new_page(viewport={"width": 900, "height": 620})
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.goto(f"{server.url}/")
             page.wait_for_selector("#bars li[data-digit='9']")
             yield page
-            assert not errors, f"the page raised: {errors}"
+            assert not errors, f"the page logged errors: {errors}"
         finally:
             browser.close()
 
@@ -85,19 +86,27 @@ def draw(page, strokes) -> dict:
     def at(x: float, y: float) -> tuple[float, float]:
         return box["x"] + x * scale, box["y"] + y * scale
 
-    for index, stroke in enumerate(strokes):
-        page.mouse.move(*at(*stroke[0]))
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(*at(x, y), steps=4)
-        if index < len(strokes) - 1:
-            page.mouse.up()
-            continue
-        with page.expect_response(lambda response: response.url.endswith("/predict")) as answer:
-            page.mouse.up()
-    page.wait_for_function("document.getElementById('result').dataset.state === 'shown'")
-    assert answer.value.status == 200, answer.value.text()
-    return answer.value.json()
+    sent = []
+
+    def record(request) -> None:
+        if request.url.endswith("/predict"):
+            sent.append(request)
+
+    page.on("request", record)
+    try:
+        for stroke in strokes:
+            page.mouse.move(*at(*stroke[0]))
+            page.mouse.down()
+            for x, y in stroke[1:]:
+                page.mouse.move(*at(x, y), steps=4)
+            page.mouse.up()  # the end of each stroke posts the canvas; the page shows the answer to the latest
+        page.wait_for_selector("#result[data-state='shown']")
+    finally:
+        page.remove_listener("request", record)
+    assert len(sent) == len(strokes), f"{len(strokes)} strokes should post {len(strokes)} times, not {len(sent)}"
+    answer = sent[-1].response()
+    assert answer.status == 200, answer.text()
+    return answer.json()
 
 
 # What the page shows: the digit, each bar's width as a fraction of its track, the preview's grey levels.

@@ -229,6 +229,7 @@ def test_the_drawing_page(client):
     for part in ('<canvas id="pad"', 'id="clear"', 'id="bars"', 'id="preview"', 'fetch("predict"', "pointerdown"):
         assert part in page, f"the page has no {part}"
     assert "://" not in page, "the page must work offline: no external address"
+    assert "default-src 'self'" in answer.headers["content-security-policy"], "the browser should load nothing else"
 
 
 def _rows(value, rows: int = 28, columns: int = 28):

@@ -44,6 +44,13 @@ SIDE = 28
 #: The largest PNG accepted, in pixels a side; a drawing is reduced to 28 x 28 anyway.
 MAX_PNG_SIDE = 1024
 
+#: The drawing page may load nothing but itself (its script and style are inline) and call only this server.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
 _USAGE = ('send JSON {"pixels": [[28 numbers 0-255] x 28]} (white digit on black, MNIST-style) '
           'or a PNG of one digit in the form field `file`')
 
@@ -217,7 +224,7 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES) 
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def drawing_page() -> HTMLResponse:
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
 
     @app.get("/health")
     def health() -> dict:
