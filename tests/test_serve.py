@@ -11,13 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mnist_guide import cli, export, serve
 from mnist_guide.checkpoint import load_checkpoint
-from mnist_guide.data import mnist_dataset
+from mnist_guide.data import mnist_dataset, mnist_style
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +95,35 @@ def test_pixels_from_json_refuses_malformed_bodies(body, status, message):
     assert caught.value.status == status
 
 
-def test_pixels_from_png_reads_a_28x28_png_and_refuses_other_sizes(digits):
+def test_pixels_from_png_reads_a_digit_as_mnist_style_does(digits):
     grey = serve.pixels_from_png(png_bytes(digits[0][0]))
-    assert torch.equal(grey, digits[0][0].float())
+    assert torch.equal(grey, mnist_style(digits[0][0]) * 255)
+    assert (grey - digits[0][0].float()).abs().max() <= 1.5, "an MNIST digit is already in MNIST's layout"
     rgb = serve.pixels_from_png(png_bytes(Image.fromarray(digits[0][0].numpy()).convert("RGB")))
-    assert torch.equal(rgb, grey)
-    with pytest.raises(serve.BadInput, match="100 x 60") as caught:
-        serve.pixels_from_png(png_bytes(Image.new("L", (100, 60))))
-    assert caught.value.status == 422
+    torch.testing.assert_close(rgb, grey, atol=1e-3, rtol=0)
+    large = serve.pixels_from_png(png_bytes(canvas_style(digits[0][0], "L")))
+    assert large.shape == (28, 28) and distance_up_to_a_pixel(large, grey) < 0.06 * 255
+
+
+def distance_up_to_a_pixel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean absolute difference of two images, at the best of the nine shifts by at most one pixel
+    (a centre of mass near a half pixel may round either way)."""
+    return min(float((torch.roll(a, (dy, dx), (0, 1)) - b).abs().mean()) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def canvas_style(digit: torch.Tensor, mode: str, side: int = 280) -> Image.Image:
+    """A test digit as a drawing page gives it: large, off-centre, dark ink ("L": black on white;
+    "RGBA": black strokes on transparent paper, the digit in the alpha channel; "I;16": 16-bit grey)."""
+    size = side * 5 // 8
+    ink = F.interpolate(digit[None, None].float(), size=(size, size), mode="bilinear", antialias=True)[0, 0]
+    canvas = torch.zeros(side, side)
+    canvas[side // 3 : side // 3 + size, side // 12 : side // 12 + size] = ink
+    canvas = canvas.round().clamp(0, 255).to(torch.uint8).numpy()
+    if mode == "L":
+        return Image.fromarray(255 - canvas)
+    if mode == "RGBA":
+        return Image.fromarray(np.stack([np.zeros_like(canvas)] * 3 + [canvas], axis=-1))
+    return Image.fromarray((255 - canvas).astype(np.uint16) * 257)  # 16-bit grey, black on white
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -112,9 +135,10 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def test_a_huge_png_is_refused_before_decoding():
-    with pytest.raises(serve.BadInput, match="28 x 28"):
+    with pytest.raises(serve.BadInput, match="far too large") as caught:
         serve.pixels_from_png(png_header_only(100_000, 100_000))
-    with pytest.raises(serve.BadInput, match="5000 x 5000"):
+    assert caught.value.status == 422
+    with pytest.raises(serve.BadInput, match="5000 x 5000; the largest image accepted is 1024 x 1024"):
         serve.pixels_from_png(png_header_only(5000, 5000))
     with pytest.raises(serve.BadInput, match="damaged"):
         serve.pixels_from_png(png_header_only(28, 28))
@@ -150,8 +174,9 @@ def test_predict_json_gives_the_digit_and_ten_probabilities(client, digits, expe
         answer = client.post("/predict", json={"pixels": image.tolist()})
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert set(body) == {"digit", "probabilities"}
+        assert set(body) == {"digit", "probabilities", "pixels"}
         assert body["digit"] == expected
+        assert torch.equal(torch.tensor(body["pixels"]), image.float()), "JSON pixels are read as they are"
         assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-4
         assert max(range(10), key=body["probabilities"].__getitem__) == expected
 
@@ -166,6 +191,43 @@ def test_predict_png_upload(client, digits, expected_digits):
         answer = client.post("/predict", files={"file": ("digit.png", png_bytes(image), "image/png")})
         assert answer.status_code == 200, answer.text
         assert answer.json()["digit"] == expected
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"], ids=["black on white", "RGBA", "16-bit"])
+def test_predict_reads_canvas_style_pngs_of_test_digits(client, digits, mode):
+    images, labels = digits[0][:24], digits[1][:24]
+    for image, label in zip(images, labels, strict=True):
+        drawing = canvas_style(image, mode)
+        assert drawing.mode == mode and drawing.size == (280, 280)
+        answer = client.post("/predict", files={"file": ("digit.png", png_bytes(drawing), "image/png")})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["digit"] == label, f"{mode}: a {label} read as {body['digit']}"
+        seen = torch.tensor(body["pixels"])
+        assert seen.shape == (28, 28) and float(seen.max()) == 255.0
+        assert distance_up_to_a_pixel(seen, image.float()) < 0.06 * 255, "the model should see about the original digit"
+
+
+@pytest.mark.parametrize(
+    "blank",
+    [Image.new("L", (280, 280), 255), Image.new("RGBA", (280, 280)), Image.new("L", (28, 28))],
+    ids=["white", "transparent", "black"],
+)
+def test_predict_refuses_a_blank_png(client, blank):
+    answer = client.post("/predict", files={"file": ("digit.png", png_bytes(blank), "image/png")})
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("no ink: ")
+
+
+def test_the_drawing_page(client):
+    answer = client.get("/")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    page = answer.text
+    for part in ('<canvas id="pad"', 'id="clear"', 'id="bars"', 'id="preview"', 'fetch("predict"', "pointerdown"):
+        assert part in page, f"the page has no {part}"
+    assert "://" not in page, "the page must work offline: no external address"
+    assert "default-src 'self'" in answer.headers["content-security-policy"], "the browser should load nothing else"
 
 
 def _rows(value, rows: int = 28, columns: int = 28):
@@ -199,7 +261,8 @@ BAD_REQUESTS = {
     "not an image": dict(files={"file": ("digit.png", b"this is not a PNG", "image/png")}),
     "a JPEG": dict(files={"file": ("digit.jpg", b"\xff\xd8\xff\xe0" + bytes(100), "image/jpeg")}),
     "an empty file": dict(files={"file": ("digit.png", b"", "image/png")}),
-    "a PNG of the wrong size": dict(files={"file": ("digit.png", png_bytes(Image.new("L", (64, 64))), "image/png")}),
+    "a PNG too large": dict(files={"file": ("digit.png", png_bytes(Image.new("L", (2000, 20))), "image/png")}),
+    "a blank PNG": dict(files={"file": ("digit.png", png_bytes(Image.new("L", (64, 64))), "image/png")}),
     "a truncated PNG": dict(files={"file": ("digit.png", png_bytes(Image.new("L", (28, 28), 128))[:50], "image/png")}),
     "multipart without boundary": dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
     "over 1 MiB": dict(content=b" " * (serve.MAX_BODY_BYTES + 1), headers={"content-type": "application/json"}),

@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the file to write")
     export.set_defaults(handler=_cmd_export)
 
-    serve = commands.add_parser("serve", help="serve an exported model over HTTP: GET /health, POST /predict")
+    serve = commands.add_parser("serve", help="serve an exported model over HTTP: a drawing page at /, GET /health, POST /predict")
     serve.add_argument("--model", required=True, help="a file written by `mnist-guide export` (any format)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--trust", action="store_true",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -263,4 +264,104 @@ def make_loaders(
         train_images, train_labels, batch_size,
         shuffle=True, seed=seed, drop_last=drop_last, device=device, augment=augment,
     )
-    return train_loader, TensorLoader(test_images, test_labels, test_batch_size, device=device)
+    test_loader = TensorLoader(test_images, test_labels, test_batch_size, device=device)
+    return train_loader, test_loader
+
+
+# --------------------------------------------------------------------------------------------
+# Any image of a digit -> an MNIST-style input
+
+#: MNIST's layout, measured on the test set (tests/test_preprocess.py keeps it true): every digit fits
+#: a 20 x 20 box (its longer side is 20 pixels) and its centre of mass sits at pixel (14, 14).
+MNIST_SIDE = 28
+MNIST_BOX = 20
+MNIST_CENTRE = 14.0
+
+#: An image whose ink differs from its paper by less than this (in [0, 1]) is blank: `NoInkError`.
+MIN_INK_CONTRAST = 0.1
+
+
+class NoInkError(ValueError):
+    """The image holds no digit: it is blank, or its strokes barely differ from the paper."""
+
+
+def _as_float_image(image, max_value: float | None):
+    """Any `[H, W]`, `[H, W, C]` or `[C, H, W]` array or tensor (C = 1-4) as a float32 NumPy `[H, W, C]` in [0, 1]."""
+    import numpy as np
+
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+        array = array.transpose(1, 2, 0)  # channels first, as torchvision gives them
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"expected a grey, grey+alpha, RGB or RGBA image, got an array of shape {array.shape}")
+    full_range = {np.dtype(np.bool_): 1.0, np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+    if max_value is None and array.dtype in full_range:
+        return array.astype(np.float32) / np.float32(full_range[array.dtype])
+    if max_value is None and array.dtype.kind != "f":
+        raise ValueError(f"{array.dtype} pixels: pass max_value (65535 for a 16-bit image, 255 for 8-bit)")
+    pixels = array.astype(np.float32) / np.float32(max_value or 1.0)
+    return np.clip(np.nan_to_num(pixels, nan=0.0), 0.0, 1.0)
+
+
+def ink_on_black(image, *, max_value: float | None = None) -> torch.Tensor:
+    """The ink of any grey/RGB/RGBA image as float32 `[H, W]`: 0 where the paper is, positive on strokes.
+
+    Transparent pixels become paper (white behind dark ink, black behind light ink), colour becomes grey
+    (ITU-R 601 luma, as Pillow's `convert("L")`), and the paper is whatever the border mostly shows:
+    a light one means dark ink, which is turned into light ink on black, as in MNIST.
+
+    Taught in notebooks/09_deployment.ipynb.
+    """
+    import numpy as np
+
+    pixels = _as_float_image(image, max_value)  # NumPy: one thread, however large the image
+    colour, alpha = (pixels[..., :-1], pixels[..., -1]) if pixels.shape[2] in (2, 4) else (pixels, None)
+    grey = colour[..., 0] if colour.shape[2] == 1 else colour @ np.array([0.299, 0.587, 0.114], np.float32)
+    if alpha is not None:
+        if alpha.sum() == 0:
+            raise NoInkError("no ink: the image is fully transparent; draw a digit")
+        ink_grey = (alpha * grey).sum() / alpha.sum()  # the colour of what is drawn
+        paper = 1.0 if ink_grey < 0.5 else 0.0
+        grey = alpha * grey + (1 - alpha) * np.float32(paper)
+    paper = np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    ink = paper - grey if paper - grey.min() > grey.max() - paper else grey - paper  # light paper: dark ink
+    return torch.from_numpy(np.maximum(ink, 0, dtype=np.float32))
+
+
+def mnist_style(image, *, max_value: float | None = None) -> torch.Tensor:
+    """Turn any image of one digit into what MNIST's digits are: float32 `[28, 28]` in [0, 1], white on black.
+
+    As MNIST was made: the ink (`ink_on_black`) is cropped to its bounding box, scaled with
+    anti-aliasing so its longer side is 20 pixels (aspect ratio kept), and placed in a 28 x 28
+    field with its centre of mass at (14, 14). Integer pixels are scaled by their type's range
+    (uint8 by 255, uint16 by 65535) or by `max_value`; floats are taken as [0, 1].
+    A blank image raises `NoInkError`. Example: `model(mnist_style(png_array)[None, None])`.
+
+    Taught in notebooks/09_deployment.ipynb.
+    """
+    ink = ink_on_black(image, max_value=max_value)
+    peak = float(ink.max())
+    if peak < MIN_INK_CONTRAST:
+        raise NoInkError(f"no ink: the image is blank (no pixel differs from the paper by {MIN_INK_CONTRAST:.0%} "
+                         "of the full range); draw a digit")
+    rows, columns = torch.nonzero(ink * 510 >= peak, as_tuple=True)  # at least half an 8-bit grey level
+    crop = ink[int(rows.min()) : int(rows.max()) + 1, int(columns.min()) : int(columns.max()) + 1]
+    scale = MNIST_BOX / max(crop.shape)
+    size = tuple(max(1, int(side * scale + 0.5)) for side in crop.shape)
+    if size != tuple(crop.shape):
+        crop = torch.nn.functional.interpolate(crop[None, None], size=size, mode="bilinear",
+                                               antialias=True, align_corners=False)[0, 0].clamp_(min=0)
+    crop = crop / crop.max()
+    height, width = crop.shape
+    mass = crop.sum()
+    centre_row = float((crop.sum(1) * torch.arange(height)).sum() / mass)
+    centre_column = float((crop.sum(0) * torch.arange(width)).sum() / mass)
+    top = min(max(math.floor(MNIST_CENTRE - centre_row + 0.5), 0), MNIST_SIDE - height)
+    left = min(max(math.floor(MNIST_CENTRE - centre_column + 0.5), 0), MNIST_SIDE - width)
+    out = torch.zeros(MNIST_SIDE, MNIST_SIDE)
+    out[top : top + height, left : left + width] = crop
+    return out

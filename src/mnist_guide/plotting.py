@@ -250,3 +250,52 @@ def plot_convolution_step(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_image_rows(
+    rows: dict[str, Sequence],
+    labels: Sequence[int] | torch.Tensor | None = None,
+    predictions: dict[str, Sequence[int] | torch.Tensor] | None = None,
+    *,
+    title: str | None = None,
+    cell_size: float = 1.3,
+):
+    """Draw one row of images per entry of `rows`, any sizes, as their pixels really are; returns the figure.
+
+    Grey images (`[H, W]`, integers 0-255 or floats in [0, 1]) are drawn with 0 black; RGB(A) images (`[H, W, C]`) in
+    their colours over a checkerboard, so transparent paper shows. Each image is titled with its label,
+    and, for rows in `predictions`, the prediction (red when wrong). Taught in notebooks/09_deployment.ipynb.
+    """
+    count = max(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), count, figsize=(count * cell_size, len(rows) * cell_size * 1.2), squeeze=False)
+    for axes_row, (name, images) in zip(axes, rows.items(), strict=True):
+        axes_row[0].set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
+        for index, ax in enumerate(axes_row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if index >= len(images):
+                ax.axis("off")
+                continue
+            image = torch.as_tensor(images[index]).detach().cpu()
+            image = image.float() if image.is_floating_point() else image.float() / 255
+            if image.dim() == 3:
+                height, width = image.shape[:2]
+                checks = (torch.arange(height)[:, None] // max(1, height // 8) + torch.arange(width) // max(1, width // 8)) % 2
+                ax.imshow(0.75 + 0.15 * checks, cmap="gray", vmin=0, vmax=1)
+                ax.imshow(image.clamp(0, 1).numpy() if image.shape[2] in (3, 4) else image[..., 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            parts, color = [], "black"
+            if labels is not None and index < len(labels):
+                parts.append(str(int(labels[index])))
+            if predictions is not None and name in predictions:
+                predicted = int(predictions[name][index])
+                parts.append(f"pred {predicted}")
+                if labels is not None and predicted != int(labels[index]):
+                    color = "crimson"
+            if parts:
+                ax.set_title(" / ".join(parts), fontsize=9, color=color)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,5 @@
-"""An HTTP server for an exported model: `GET /health`, `POST /predict` with JSON pixels or a PNG upload.
+"""An HTTP server for an exported model: a drawing page at `GET /`, `GET /health`, `POST /predict`
+with JSON pixels or a PNG upload.
 
 Every bad request (wrong shape, non-numbers, NaN, values out of range, not an image, an empty or
 oversized body) gets a 4xx answer with a JSON `{"detail": ...}` message; the server never crashes
@@ -20,16 +21,18 @@ import urllib.error
 import urllib.request
 import weakref
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from mnist_guide import __version__
+from mnist_guide.data import NoInkError, mnist_style
 from mnist_guide.export import DeployedModel, load_deployed
 from mnist_guide.runtime import free_port
 
@@ -38,7 +41,18 @@ MAX_BODY_BYTES = 1 << 20
 
 SIDE = 28
 
-_USAGE = 'send JSON {"pixels": [[28 numbers 0-255] x 28]} or a 28 x 28 PNG in the form field `file`'
+#: The largest PNG accepted, in pixels a side; a drawing is reduced to 28 x 28 anyway.
+MAX_PNG_SIDE = 1024
+
+#: The drawing page may load nothing but itself (its script and style are inline) and call only this server.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+_USAGE = ('send JSON {"pixels": [[28 numbers 0-255] x 28]} (white digit on black, MNIST-style) '
+          'or a PNG of one digit in the form field `file`')
 
 
 class BadInput(Exception):
@@ -90,35 +104,50 @@ def pixels_from_json(body: bytes) -> torch.Tensor:
 
 
 def pixels_from_png(data: bytes) -> torch.Tensor:
-    """Decode a 28 x 28 PNG (white digit on black, as in MNIST) into float32 `[28, 28]` grey levels 0-255.
+    """Decode a PNG of one digit into the MNIST-style float32 `[28, 28]` grey levels 0-255 the model reads.
 
-    Other sizes are refused rather than resized: the model only knows centred 28 x 28 digits.
+    Any size up to `MAX_PNG_SIDE`, grey, RGB or RGBA, 8 or 16 bits, dark ink on light paper or light
+    on dark: `data.mnist_style` crops, scales and centres it. A blank image is refused (422, "no ink").
     The size is checked before the pixels are decoded, so a small file cannot unpack into a huge image.
+
+    Taught in notebooks/09_deployment.ipynb.
     """
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise BadInput(400, f"the uploaded file is empty; {_USAGE}")
+    too_large = f"the largest image accepted is {MAX_PNG_SIDE} x {MAX_PNG_SIDE} pixels (scale it down first)"
     try:
         image = Image.open(io.BytesIO(data), formats=["PNG"])
     except Image.DecompressionBombError:
-        raise BadInput(422, "the image is far larger than 28 x 28 (resize and centre it first)") from None
+        raise BadInput(422, f"the image is far too large: {too_large}") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise BadInput(415, f"the uploaded file is not a PNG image; {_USAGE}") from None
-    if image.size != (SIDE, SIDE):
-        raise BadInput(422, f"the image is {image.size[0]} x {image.size[1]}, expected 28 x 28 (resize and centre it first)")
+    if max(image.size) > MAX_PNG_SIDE:
+        raise BadInput(422, f"the image is {image.size[0]} x {image.size[1]}; {too_large}")
+    max_value = None
     try:
-        grey = image.convert("L")
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey
+            array, max_value = np.asarray(image).astype(np.int32), 65535
+        elif image.mode in ("L", "LA", "RGB", "RGBA"):
+            array = np.asarray(image)
+        else:  # 1-bit, palette, ...
+            array = np.asarray(image.convert("RGBA"))
     except (OSError, ValueError, SyntaxError):
         raise BadInput(422, "the PNG is damaged: its pixels cannot be decoded") from None
-    return torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(SIDE, SIDE).to(torch.float32)
+    try:
+        return mnist_style(array, max_value=max_value) * 255
+    except NoInkError as error:
+        raise BadInput(422, str(error)) from None
 
 
 class Prediction(BaseModel):
-    """The answer of `POST /predict`: the digit and the ten class probabilities."""
+    """The answer of `POST /predict`: the digit, the ten class probabilities and the 28 x 28 grey levels read."""
 
     digit: int
     probabilities: list[float]
+    pixels: list[list[float]]
 
 
 @dataclass
@@ -181,12 +210,17 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
     """
     deployed = load_deployed(model_path, trust=trust)
     predictor = Predictor(deployed)
+    page = (resources.files("mnist_guide") / "static" / "draw.html").read_text(encoding="utf-8")
 
     app = FastAPI(title="mnist-guide digit reader", version=__version__, description=_USAGE)
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, error: BadInput) -> JSONResponse:
         return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def drawing_page() -> HTMLResponse:
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
 
     @app.get("/health")
     def health() -> dict:
@@ -199,12 +233,14 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
             raise BadInput(400, f"the body is empty; {_USAGE}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
-            grey_levels = pixels_from_png(await _upload_from_form(request, body))
+            upload = await _upload_from_form(request, body)
+            grey_levels = await run_in_threadpool(pixels_from_png, upload)  # decoding a large PNG takes a while
         elif content_type in ("", "application/json") or content_type.endswith("+json"):
             grey_levels = pixels_from_json(body)
         else:
             raise BadInput(415, f"content type {content_type!r} is not accepted; {_USAGE}")
-        return await run_in_threadpool(predictor, grey_levels)
+        answer = await run_in_threadpool(predictor, grey_levels)
+        return {**answer, "pixels": grey_levels.round(decimals=2).tolist()}
 
     return app
 
