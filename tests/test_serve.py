@@ -87,6 +87,8 @@ def test_pixels_from_json_accepts_28_rows_of_28_numbers():
         (b'{"pixels": "0"}', 422, "28 rows"),
         (b'{"pixels": NaN}', 422, "NaN"),
         (b'{"pixels": [[Infinity]]}', 422, "Infinity"),
+        # a huge integer among 28 x 28 numbers: once a 500, when it overflowed a float
+        (json.dumps({"pixels": [[0] * 28] * 28}).replace("0", "9" * 400, 1).encode(), 422, "outside 0-255"),
     ],
 )
 def test_pixels_from_json_refuses_malformed_bodies(body, status, message):
@@ -166,7 +168,85 @@ def test_server_process_reports_a_server_that_cannot_start(tmp_path):
 def test_health(client):
     answer = client.get("/health")
     assert answer.status_code == 200
-    assert answer.json() == {"status": "ok", "model": "mnist_cnn.pt", "format": "torchscript"}
+    assert answer.json() == {"status": "ok", "model": "mnist_cnn.pt", "format": "torchscript",
+                             "input": "float32 [N, 1, 28, 28] pixels in [0, 1], white digit on black",
+                             "output": "logits [N, 10]"}
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _Wide(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :1000]
+
+
+class _NaN(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10] * float("nan")
+
+
+class _Colour(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, torch.ones(10, 3, 32, 32)).flatten(1)
+
+
+@pytest.mark.parametrize(("module", "message"), [(_Identity(), r"shape \[1, 1, 28, 28\]"), (_Wide(), r"shape \[1, 784\]"),
+                                                 (_NaN(), "NaN"), (_Colour(), "fails on a")])
+def test_a_model_that_is_not_a_digit_classifier_never_starts(tmp_path, module, message):
+    path = export.save_torchscript(export.to_torchscript(module), tmp_path / "model.pt")
+    with pytest.raises(export.ExportError, match=message):
+        serve.create_app(path)
+
+
+def test_a_client_that_goes_away_mid_body_is_one_log_line(server):
+    import socket
+    import time
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"pixels\": [[")
+        time.sleep(0.3)
+    time.sleep(0.5)
+    log = server.log_tail(200)
+    assert "went away" in log and "Traceback" not in log
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+def test_docs_pages_that_need_a_cdn_are_off(client):
+    assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 200
+
+
+def test_stalled_and_idle_clients_are_dropped_while_health_answers(server):
+    import resource
+    import socket
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 1200)), hard))
+    host, port = server.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(1000)]
+    stalled_headers = socket.create_connection((host, int(port)), timeout=5)
+    stalled_headers.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+    stalled_body = socket.create_connection((host, int(port)), timeout=5)
+    stalled_body.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"pix")
+    try:
+        started = time.perf_counter()
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+        assert time.perf_counter() - started < 1.0, "health must answer within 1 s beside 1,000 idle connections"
+        stalled_body.settimeout(serve.BODY_DEADLINE_S + 10)
+        assert stalled_body.recv(100).startswith(b"HTTP/1.1 408")
+        stalled_headers.settimeout(serve.HEADER_DEADLINE_S + 10)
+        assert stalled_headers.recv(100) == b"", "a client that never finishes its headers is disconnected"
+        idle[0].settimeout(5)
+        assert idle[0].recv(100) == b"", "idle connections are closed after the same deadline"
+    finally:
+        for connection in (*idle, stalled_headers, stalled_body):
+            connection.close()
+    assert server.running
 
 
 def test_predict_json_gives_the_digit_and_ten_probabilities(client, digits, expected_digits):
@@ -299,22 +379,22 @@ def test_the_server_survives_bad_input(server, client, digits):
     assert client.post("/predict", json={"pixels": digits[0][0].tolist()}).status_code == 200
 
 
-def test_500_requests_from_8_concurrent_clients(server, digits, expected_digits):
+def test_2000_requests_from_32_concurrent_clients(server, digits, expected_digits):
     payloads = [{"pixels": image.tolist()} for image in digits[0]]
 
     def worker(client_index: int) -> list[tuple[int, int, int | None]]:
         results = []
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            for request_index in range(client_index, 500, 8):
+            for request_index in range(client_index, 2000, 32):
                 image = request_index % len(payloads)
                 answer = client.post("/predict", json=payloads[image])
                 digit = answer.json().get("digit") if answer.status_code == 200 else None
                 results.append((answer.status_code, image, digit))
         return results
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = [row for rows in pool.map(worker, range(8)) for row in rows]
-    assert len(results) == 500
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = [row for rows in pool.map(worker, range(32)) for row in rows]
+    assert len(results) == 2000
     assert all(status == 200 for status, _, _ in results), sorted({status for status, _, _ in results})
     assert all(digit == expected_digits[image] for _, image, digit in results)
     assert server.running

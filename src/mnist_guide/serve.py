@@ -8,8 +8,10 @@ on input. It binds to 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import math
 import os
 import subprocess
@@ -24,22 +26,34 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import h11
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_guide import __version__
 from mnist_guide.data import NoInkError, mnist_style
-from mnist_guide.export import DeployedModel, load_deployed
+from mnist_guide.export import DeployedModel, ExportError, load_deployed
 from mnist_guide.runtime import free_port
+
+logger = logging.getLogger("uvicorn.error")  # shown with the server's own lines
 
 #: The largest request body accepted (1 MiB); larger ones get 413.
 MAX_BODY_BYTES = 1 << 20
 
 SIDE = 28
+
+#: Seconds a client has to send a request's headers, and then its body (else it is dropped, or answered 408).
+HEADER_DEADLINE_S = 10.0
+BODY_DEADLINE_S = 10.0
+
+#: Connections served at once; more are answered 503 at once (each costs a file descriptor).
+MAX_CONNECTIONS = 4000
 
 #: The largest PNG accepted, in pixels a side; a drawing is reduced to 28 x 28 anyway.
 MAX_PNG_SIDE = 1024
@@ -97,7 +111,7 @@ def pixels_from_json(body: bytes) -> torch.Tensor:
         for j, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadInput(422, f"`pixels[{i}][{j}]` is {json.dumps(value)[:40]}, not a number 0-255")
-            if not (math.isfinite(value) and 0 <= value <= 255):
+            if not (0 <= value <= 255 and math.isfinite(value)):  # compare first: a huge int overflows a float
                 raise BadInput(422, f"`pixels[{i}][{j}]` is {str(value)[:40]}, outside 0-255")
             values.append(float(value))
     return torch.tensor(values, dtype=torch.float32).view(SIDE, SIDE)
@@ -210,9 +224,11 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
     """
     deployed = load_deployed(model_path, trust=trust)
     predictor = Predictor(deployed)
+    check_contract(deployed)
     page = (resources.files("mnist_guide") / "static" / "draw.html").read_text(encoding="utf-8")
 
-    app = FastAPI(title="mnist-guide digit reader", version=__version__, description=_USAGE)
+    app = FastAPI(title="mnist-guide digit reader", version=__version__, description=_USAGE,
+                  docs_url=None, redoc_url=None)  # their pages load scripts from a CDN; /openapi.json stays
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, error: BadInput) -> JSONResponse:
@@ -224,11 +240,18 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": deployed.path.name, "format": deployed.format}
+        return {"status": "ok", "model": deployed.path.name, "format": deployed.format,
+                "input": "float32 [N, 1, 28, 28] pixels in [0, 1], white digit on black", "output": "logits [N, 10]"}
 
     @app.post("/predict", response_model=Prediction)
     async def predict(request: Request) -> dict:
-        body = await _read_body(request, max_body_bytes)
+        try:
+            body = await asyncio.wait_for(_read_body(request, max_body_bytes), BODY_DEADLINE_S)
+        except asyncio.TimeoutError:
+            raise BadInput(408, f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
+        except ClientDisconnect:
+            logger.info("a client went away before sending its whole request")
+            return Response(status_code=499)
         if not body:
             raise BadInput(400, f"the body is empty; {_USAGE}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -245,15 +268,64 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
     return app
 
 
+def check_contract(model: DeployedModel) -> None:
+    """Refuse a model that does not answer a digit with ten finite logits: the server's start-up check."""
+    one = torch.zeros(1, 1, SIDE, SIDE)
+    one[..., 4:24, 13:15] = 1.0  # a plain "1"
+    try:
+        with torch.inference_mode():
+            logits = model(one)
+    except Exception as error:  # whatever fails, the model cannot serve digits
+        raise ExportError(f"{model.path}: fails on a [1, 1, 28, 28] digit ({type(error).__name__}); "
+                          "not an MNIST classifier") from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, 10):
+        got = f"shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}"
+        raise ExportError(f"{model.path}: answers a digit with {got}, not ten logits [1, 10]; not an MNIST classifier")
+    if not torch.isfinite(logits).all():
+        raise ExportError(f"{model.path}: answers a digit with NaN or infinite logits; export a trained model")
+
+
+class _DeadlineH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: a stalled client is dropped."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def _arm(self) -> None:
+        self._headers_deadline = self.loop.call_later(HEADER_DEADLINE_S, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the headers are in
+            self._headers_deadline.cancel()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._headers_deadline.cancel()
+        super().connection_lost(exc)
+
+
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
           trust: bool = False) -> None:
     """Serve the model over HTTP with uvicorn until interrupted (what `mnist-guide serve` runs).
 
+    Stalled clients are dropped, and the file descriptor limit is raised so idle connections cannot starve it.
+
     Taught in notebooks/08_deployment.ipynb.
     """
+    import resource
+
     import uvicorn
 
-    uvicorn.run(create_app(model_path, trust=trust), host=host, port=port, log_level=log_level)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + 64 if hard == resource.RLIM_INFINITY else min(hard, MAX_CONNECTIONS + 64)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    uvicorn.run(create_app(model_path, trust=trust), host=host, port=port, log_level=log_level, http=_DeadlineH11,
+                limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=HEADER_DEADLINE_S)
 
 
 # --------------------------------------------------------------------------------------------
