@@ -53,14 +53,9 @@ def check_zip(path: str | Path, error: type[Exception] = CheckpointError) -> Non
 
 
 def save_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    *,
-    epoch: int,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    history: object | None = None,
-    extra: dict | None = None,
+    path: str | Path, model: nn.Module, *, epoch: int, optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, history: object | None = None,
+    extra: dict | None = None
 ) -> Path:
     """Write a checkpoint atomically: weights, config, optimizer and scheduler state, epoch, `history`, versions.
 
@@ -96,12 +91,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_checkpoint(
-    path: str | Path,
-    model: nn.Module | None = None,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    map_location: str | torch.device = "cpu",
+    path: str | Path, model: nn.Module | None = None, *, optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Checkpoint]:
     """Load a checkpoint into `model` (built from the stored config when `None`), and the optimizer and scheduler when given.
 

@@ -1,7 +1,4 @@
-"""MNIST from the committed files: verify, open with torchvision, hold as tensors, batch.
-
-Nothing here reaches the network unless a caller passes `download=True`.
-"""
+"""MNIST from the committed files (never downloaded): verify, open with torchvision, hold as tensors, batch."""
 
 from __future__ import annotations
 
@@ -25,7 +22,7 @@ MNIST_STD = 0.3081
 
 CLASSES = tuple(str(digit) for digit in range(10))
 
-RESTORE_HINT = "Restore it from git: git checkout -- data/  (or call prepare_mnist(download=True) when online)"
+RESTORE_HINT = "Restore it from git: git checkout -- data/"
 
 
 class MnistDataError(RuntimeError):
@@ -100,15 +97,7 @@ def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
     return raw
 
 
-def _download_with_torchvision(root: Path) -> None:
-    """Fetch MNIST through torchvision's own mirrors (only when the caller asked for it)."""
-    import torchvision
-
-    for train in (True, False):
-        torchvision.datasets.MNIST(str(root), train=train, download=True)
-
-
-def prepare_mnist(root: str | Path | None = None, *, download: bool = False) -> Path:
+def prepare_mnist(root: str | Path | None = None) -> Path:
     """Verify the four MNIST files under `root/MNIST/raw` and decompress them for torchvision; returns `root`.
 
     A damaged file raises `MnistDataError` naming it, so nothing trains on a partial file.
@@ -118,10 +107,6 @@ def prepare_mnist(root: str | Path | None = None, *, download: bool = False) -> 
     root = Path(root) if root is not None else data_dir()
     raw_dir = root / "MNIST" / "raw"
     missing = [spec for spec in MNIST_FILES.values() if not (raw_dir / f"{spec.name}.gz").exists()]
-    if missing and download:
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        _download_with_torchvision(root)
-        missing = [spec for spec in MNIST_FILES.values() if not (raw_dir / f"{spec.name}.gz").exists()]
     if missing:
         names = ", ".join(str(raw_dir / f"{spec.name}.gz") for spec in missing)
         raise MnistDataError(f"{names}: missing. {RESTORE_HINT}")
@@ -204,16 +189,9 @@ class TensorLoader:
     """
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        device: torch.device | str | None = None,
-        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+        seed: int = 0, drop_last: bool = False, device: torch.device | str | None = None,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
@@ -242,14 +220,9 @@ class TensorLoader:
 
 
 def make_loaders(
-    batch_size: int = 256,
-    *,
-    test_batch_size: int = 1000,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    drop_last: bool = False,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    batch_size: int = 256, *, test_batch_size: int = 1000, data: tuple[torch.Tensor, torch.Tensor,
+    torch.Tensor, torch.Tensor] | None = None, seed: int = 0, device: torch.device | str | None = None,
+    drop_last: bool = False, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 ) -> tuple[TensorLoader, TensorLoader]:
     """`(train_loader, test_loader)` over `data` = (train images, labels, test images, labels), MNIST when `None`.
 

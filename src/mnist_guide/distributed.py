@@ -180,14 +180,9 @@ class DistributedRun:
 
 
 def train(
-    recipe: DistributedRecipe | None = None,
-    *,
-    out: str | Path | None = None,
-    device: str | torch.device | None = None,
-    strategy: str = "ddp",
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    evaluate_each_epoch: bool = True,
-    log_every: int = 50,
+    recipe: DistributedRecipe | None = None, *, out: str | Path | None = None,
+    device: str | torch.device | None = None, strategy: str = "ddp", data: tuple[torch.Tensor, torch.Tensor,
+    torch.Tensor, torch.Tensor] | None = None, evaluate_each_epoch: bool = True, log_every: int = 50
 ) -> DistributedRun:
     """Train with `recipe` on every process of the group (or alone), with `training.train_one_epoch`; rank 0 writes `out/checkpoint.pt`.
 

@@ -87,12 +87,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    device: torch.device | str | None = None,
-    metrics: MetricCollection | None = None,
-    progress: bool = False,
+    model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
+    metrics: MetricCollection | None = None, progress: bool = False
 ) -> Predictions:
     """Run `model` (in eval mode) over every batch of `loader`; returns logits and labels on the CPU.
 
@@ -119,11 +115,8 @@ def predict(
 
 
 def confusion_matrix(
-    predicted: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    num_classes: int = len(CLASSES),
-    normalize: str | None = None,
+    predicted: torch.Tensor, labels: torch.Tensor, *, num_classes: int = len(CLASSES),
+    normalize: str | None = None
 ) -> torch.Tensor:
     """Count `[true class, predicted class]` pairs with torchmetrics; rows are true classes.
 
@@ -246,12 +239,8 @@ def format_report(report: Mapping) -> str:
 
 
 def evaluate_checkpoint(
-    path: str | Path,
-    *,
-    device: torch.device | str | None = None,
-    batch_size: int = 1000,
-    data_root: str | Path | None = None,
-    progress: bool = False,
+    path: str | Path, *, device: torch.device | str | None = None, batch_size: int = 1000,
+    data_root: str | Path | None = None, progress: bool = False
 ) -> dict:
     """Load a course checkpoint, score it on the MNIST test set and return `classification_report()`.
 

@@ -310,13 +310,9 @@ class ParityReport:
 
 @torch.inference_mode()
 def check_parity(
-    reference: Callable[[torch.Tensor], torch.Tensor],
-    candidates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
-    pixels: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    tolerance: float = PARITY_TOLERANCE,
-    batch_size: int = 1000,
+    reference: Callable[[torch.Tensor], torch.Tensor], candidates: Mapping[str, Callable[[torch.Tensor],
+    torch.Tensor]], pixels: torch.Tensor, labels: torch.Tensor, *, tolerance: float = PARITY_TOLERANCE,
+    batch_size: int = 1000
 ) -> list[ParityReport]:
     """Compare each candidate's logits with the reference's on every image; one report per candidate.
 

@@ -51,11 +51,8 @@ def median_seconds(
 
 
 def compare_seconds(
-    candidates: Mapping[str, Callable[[], object]],
-    *,
-    repeats: int = 5,
-    warmup: int = 1,
-    device: torch.device | str | None = None,
+    candidates: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
+    device: torch.device | str | None = None
 ) -> dict[str, float]:
     """Time several functions in turns (a, b, a, b, ...), so a slow spell hits each alike; the median seconds of each.
 

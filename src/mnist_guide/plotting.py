@@ -21,13 +21,9 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 def plot_digit_grid(
-    images: torch.Tensor,
-    labels: Sequence[int] | torch.Tensor | None = None,
-    predictions: Sequence[int] | torch.Tensor | None = None,
-    *,
-    ncols: int = 8,
-    title: str | None = None,
-    cell_size: float = 1.1,
+    images: torch.Tensor, labels: Sequence[int] | torch.Tensor | None = None,
+    predictions: Sequence[int] | torch.Tensor | None = None, *, ncols: int = 8, title: str | None = None,
+    cell_size: float = 1.1
 ):
     """Draw digits in a grid, each titled with its label (and prediction, red when wrong); returns the figure.
 
@@ -92,13 +88,8 @@ def plot_history(history, *, title: str | None = None, figsize: tuple[float, flo
 
 
 def plot_confusion_matrix(
-    matrix: torch.Tensor,
-    *,
-    normalize: bool = False,
-    class_names: Sequence[str] | None = None,
-    title: str | None = None,
-    ax=None,
-    figsize: tuple[float, float] = (5.6, 4.8),
+    matrix: torch.Tensor, *, normalize: bool = False, class_names: Sequence[str] | None = None,
+    title: str | None = None, ax=None, figsize: tuple[float, float] = (5.6, 4.8)
 ):
     """Draw a confusion matrix (rows: true class, columns: predicted), as counts or as % of each true class.
 
@@ -179,14 +170,8 @@ def plot_sparsity_accuracy(
 
 
 def plot_feature_maps(
-    maps: torch.Tensor,
-    *,
-    titles: Sequence[str] | None = None,
-    ncols: int = 8,
-    title: str | None = None,
-    cmap: str = "viridis",
-    cell_size: float = 1.3,
-    symmetric: bool = False,
+    maps: torch.Tensor, *, titles: Sequence[str] | None = None, ncols: int = 8, title: str | None = None,
+    cmap: str = "viridis", cell_size: float = 1.3, symmetric: bool = False
 ):
     """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale.
 
@@ -253,12 +238,8 @@ def plot_convolution_step(
 
 
 def plot_image_rows(
-    rows: dict[str, Sequence],
-    labels: Sequence[int] | torch.Tensor | None = None,
-    predictions: dict[str, Sequence[int] | torch.Tensor] | None = None,
-    *,
-    title: str | None = None,
-    cell_size: float = 1.3,
+    rows: dict[str, Sequence], labels: Sequence[int] | torch.Tensor | None = None, predictions: dict[str,
+    Sequence[int] | torch.Tensor] | None = None, *, title: str | None = None, cell_size: float = 1.3
 ):
     """Draw one row of images per entry of `rows`, any sizes, as their pixels really are; returns the figure.
 

@@ -50,12 +50,9 @@ def _gradient_sync(model: nn.Module, sync: bool):
 
 
 def train_step(
-    model: nn.Module,
-    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    *,
-    loss_fn: Callable = F.cross_entropy,
+    model: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *,
+    loss_fn: Callable = F.cross_entropy
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step over one or more micro-batches; returns (summed loss, correct, samples).
 
@@ -81,16 +78,10 @@ def train_step(
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    device: torch.device | str = "cpu",
-    loss_fn: Callable = F.cross_entropy,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    accumulate: int = 1,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, device: torch.device | str = "cpu",
+    loss_fn: Callable = F.cross_entropy, memory_format: torch.memory_format = torch.contiguous_format,
+    accumulate: int = 1, progress: Callable[[Iterable], Iterable] | None = None
 ) -> tuple[float, float]:
     """One pass over `loader`, one `train_step` per batch (split into `accumulate` micro-batches); returns mean loss and accuracy.
 
@@ -109,13 +100,9 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    device: torch.device | str = "cpu",
-    loss_fn: Callable = F.cross_entropy,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    model: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu",
+    loss_fn: Callable = F.cross_entropy, memory_format: torch.memory_format = torch.contiguous_format,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> tuple[float, float]:
     """Mean loss and accuracy of `model` over `loader`; `all_reduce` sums the totals over processes.
 
@@ -135,20 +122,12 @@ def evaluate(
 
 
 def fit(
-    model: nn.Module,
-    train_loader: Iterable,
-    test_loader: Iterable,
-    *,
-    epochs: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    scheduler_step: str = "batch",
-    device: torch.device | str = "cpu",
-    memory_format: torch.memory_format = torch.contiguous_format,
-    start_epoch: int = 0,
-    history: History | None = None,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, History], None] | None = None,
+    model: nn.Module, train_loader: Iterable, test_loader: Iterable, *, epochs: int,
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scheduler_step: str = "batch", device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format, start_epoch: int = 0,
+    history: History | None = None, progress: bool = True, on_epoch_end: Callable[[int, History],
+    None] | None = None
 ) -> History:
     """Train `model` for `epochs`, evaluating after each; returns the loss and accuracy history.
 
@@ -246,15 +225,10 @@ class TrainingRun:
 
 
 def train_course_model(
-    recipe: Recipe | None = None,
-    *,
-    device: torch.device | str | None = None,
-    out: str | Path | None = None,
-    epochs: int | None = None,
-    resume: bool = False,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, History], None] | None = None,
+    recipe: Recipe | None = None, *, device: torch.device | str | None = None, out: str | Path | None = None,
+    epochs: int | None = None, resume: bool = False, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+    torch.Tensor] | None = None, progress: bool = True, on_epoch_end: Callable[[int, History],
+    None] | None = None
 ) -> TrainingRun:
     """Train the course CNN with `recipe` on `data` (MNIST when `None`); with `out`, save `out/checkpoint.pt` each epoch.
 
