@@ -266,7 +266,7 @@ def _full_state_dict(model: nn.Module, world: World, strategy: str) -> dict | No
 
 def torchrun_command(args: Sequence[str], nproc: int = 2, port: int | None = None,
                      threads_per_process: int = 1) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that run this module on `nproc` local processes meeting on 127.0.0.1.
+    """The command line and environment that run `nproc` local processes meeting on 127.0.0.1 (torchrun's store listens on every interface).
 
     Taught in notebooks/10_scaling_out.ipynb.
     """

@@ -196,6 +196,8 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Pat
     if path.suffix != ".pt2":
         raise ValueError(f"{path}: an AOTInductor package must end in .pt2")
 
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(artifacts_dir() / "inductor"))  # not the system temp folder
+
     def write(temporary: Path) -> None:
         with _quiet_cpp_extension_log():
             torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
