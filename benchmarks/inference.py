@@ -6,7 +6,7 @@ gets busier or quieter during the run affects them all alike). Files go to artif
 
     python benchmarks/inference.py [--rounds 5] [--latency-calls 400] [--throughput-calls 40] [--threads N]
 
-The AOTInductor package is compiled first (about 30 s cold). Taught alongside notebooks/08_deployment.ipynb.
+The AOTInductor package is compiled first (about 30 s cold). Taught alongside notebooks/09_deployment.ipynb.
 """
 
 from __future__ import annotations

@@ -263,12 +263,12 @@ def test_start_here_runs_in_jupyterlab(jupyter_lab, browser):
 
 
 def test_training_notebook_runs_in_jupyterlab_with_progress_bars(jupyter_lab, browser):
-    if not (ROOT / "notebooks" / "06_mnist_cnn.ipynb").exists():
-        pytest.skip("notebooks/06_mnist_cnn.ipynb is not written yet")
+    if not (ROOT / "notebooks" / "07_mnist_cnn.ipynb").exists():
+        pytest.skip("notebooks/07_mnist_cnn.ipynb is not written yet")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        state = _run_notebook_in_lab(page, jupyter_lab, "06_mnist_cnn.ipynb", ROOT / "artifacts" / "browser" / "06_mnist_cnn.png")
-        _assert_ran_cleanly(state, page, "06_mnist_cnn")
+        state = _run_notebook_in_lab(page, jupyter_lab, "07_mnist_cnn.ipynb", ROOT / "artifacts" / "browser" / "07_mnist_cnn.png")
+        _assert_ran_cleanly(state, page, "07_mnist_cnn")
         assert _rendered_images(page) >= 1, "no figure was rendered as an image"
         widget_cells = [
             cell["index"] for cell in state["cells"]
@@ -291,11 +291,11 @@ def test_training_notebook_runs_in_jupyterlab_with_progress_bars(jupyter_lab, br
                 " return area ? area.innerText.slice(0, 2000) : 'no output area'; }",
                 widget_cells[-1],
             )
-            page.screenshot(path=str(ROOT / "artifacts" / "browser" / "06_mnist_cnn_no_bar.png"))
+            page.screenshot(path=str(ROOT / "artifacts" / "browser" / "07_mnist_cnn_no_bar.png"))
             pytest.fail(f"the progress-bar widget was not rendered; the training cell's output shows:\n{shown}")
         assert bars.count() >= 1, "the progress-bar widget was not rendered"
         assert "100%" in bars.first.inner_text(), "the first epoch's progress bar did not reach 100 %"
         bars.first.scroll_into_view_if_needed()
-        page.screenshot(path=str(ROOT / "artifacts" / "browser" / "06_mnist_cnn_progress.png"))
+        page.screenshot(path=str(ROOT / "artifacts" / "browser" / "07_mnist_cnn_progress.png"))
     finally:
         page.close()

@@ -1,4 +1,4 @@
-"""The reference solutions of notebooks/03_loss_functions.ipynb agree with PyTorch and refuse bad input."""
+"""The reference solutions of notebooks/04_loss_functions.ipynb agree with PyTorch and refuse bad input."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The reference solutions of notebooks/04_optimizers.ipynb follow torch.optim step by step."""
+"""The reference solutions of notebooks/05_optimizers.ipynb follow torch.optim step by step."""
 
 import pytest
 import torch
