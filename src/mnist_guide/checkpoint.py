@@ -25,7 +25,7 @@ class CheckpointError(RuntimeError):
 class Checkpoint:
     """What a checkpoint file holds: weights, the model's config, optimizer state, epoch, history, versions.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
 
     model_state: dict
@@ -59,7 +59,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically: weights, config, optimizer and scheduler state, epoch, `history`, versions.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     checkpoint = Checkpoint(
         model_state={key: value.detach().cpu() for key, value in model.state_dict().items()},
@@ -98,7 +98,7 @@ def load_checkpoint(
 
     Loading into a model of another class or shape raises `CheckpointError` saying which.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     checkpoint = read_checkpoint(path, map_location=map_location)
     stored = checkpoint.model_config

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mnist_guide.runtime import atomic_write, data_dir
 
-#: Mean and standard deviation of the training pixels after scaling to [0, 1] (computed in 05_data_loading).
+#: Mean and standard deviation of the training pixels after scaling to [0, 1] (computed in 06_data_loading).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -130,7 +130,7 @@ def prepare_mnist(root: str | Path | None = None) -> Path:
 def mnist_dataset(train: bool, transform: Callable | None = None, root: str | Path | None = None):
     """`torchvision.datasets.MNIST` over the verified local files (never downloads).
 
-    Taught in notebooks/05_data_loading.ipynb.
+    Taught in notebooks/06_data_loading.ipynb.
     """
     import torchvision
 
@@ -143,7 +143,7 @@ def mnist_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One whole split as float32 `[N, 1, 28, 28]` images in [0, 1] (standardised when `normalize`) and int64 labels.
 
-    Taught in notebooks/05_data_loading.ipynb.
+    Taught in notebooks/06_data_loading.ipynb.
     """
     dataset = mnist_dataset(train, root=root)
     images = dataset.data.unsqueeze(1).to(torch.float32).div_(255.0)
@@ -171,7 +171,7 @@ def random_offsets(count: int, max_shift: int, generator: torch.Generator) -> to
 def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """An augmentation for `TensorLoader`: each image moved by up to `max_shift` pixels in x and y.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return shift_images(images, random_offsets(len(images), max_shift, generator), max_shift)
@@ -185,7 +185,7 @@ class TensorLoader:
     The shuffle is seeded per epoch (`set_epoch`, as with `DistributedSampler`), so a resumed run
     sees the batches of an unbroken one; `augment(batch, generator)` uses the same generator.
 
-    Taught in notebooks/05_data_loading.ipynb.
+    Taught in notebooks/06_data_loading.ipynb.
     """
 
     def __init__(
@@ -228,7 +228,7 @@ def make_loaders(
 
     The training loader shuffles (seeded) and may augment; the test loader keeps the order.
 
-    Taught in notebooks/05_data_loading.ipynb.
+    Taught in notebooks/06_data_loading.ipynb.
     """
     if data is None:
         data = (*mnist_tensors(train=True), *mnist_tensors(train=False))

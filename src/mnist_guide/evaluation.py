@@ -34,7 +34,7 @@ HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 class Predictions:
     """A model's outputs over a data set, on the CPU: logits `[N, C]` and true labels `[N]`.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
 
     logits: torch.Tensor
@@ -62,7 +62,7 @@ class Predictions:
 def classification_metrics(num_classes: int = len(CLASSES)) -> MetricCollection:
     """Accuracy, precision, recall and F1 (micro, macro and per class) and the confusion matrix, as one collection.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     metrics: dict[str, nn.Module] = {}
     families = {
@@ -92,7 +92,7 @@ def predict(
 ) -> Predictions:
     """Run `model` (in eval mode) over every batch of `loader`; returns logits and labels on the CPU.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     device = torch.device(device) if device is not None else _model_device(model)
     model.eval()
@@ -120,7 +120,7 @@ def confusion_matrix(
 ) -> torch.Tensor:
     """Count `[true class, predicted class]` pairs with torchmetrics; rows are true classes.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     return multiclass_confusion_matrix(predicted, labels, num_classes=num_classes, normalize=normalize or "none")
 
@@ -137,7 +137,7 @@ class ConfusedPair:
 def most_confused_pairs(matrix: torch.Tensor, k: int = 5) -> list[ConfusedPair]:
     """The `k` largest off-diagonal counts of a confusion matrix, largest first (ties: by true, then predicted class).
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     counts = matrix.detach().cpu().clone().to(torch.int64)
     counts.fill_diagonal_(0)
@@ -167,7 +167,7 @@ class Mistakes:
 def confident_mistakes(predictions: Predictions, k: int = 16) -> Mistakes:
     """The `k` wrong predictions the model was surest of, most confident first.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     predicted, confidence = predictions.predicted, predictions.confidence
     wrong = (predicted != predictions.labels).nonzero().flatten()
@@ -184,7 +184,7 @@ def _score(value: torch.Tensor) -> float:
 def classification_report(values: Mapping[str, torch.Tensor], class_names: Sequence[str] = CLASSES) -> dict:
     """Turn `classification_metrics().compute()` into plain data: headline scores, a row per class, the matrix.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     matrix = values["confusion_matrix"].detach().cpu().to(torch.int64)
     support, correct = matrix.sum(dim=1), matrix.diagonal()
@@ -213,7 +213,7 @@ def classification_report(values: Mapping[str, torch.Tensor], class_names: Seque
 def format_report(report: Mapping) -> str:
     """Render `classification_report()` as text: headline scores, the per-class table, the confusion matrix.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     samples = report["samples"]
     correct = sum(row["correct"] for row in report["per_class"])

@@ -47,7 +47,7 @@ class ExportError(ValueError):
 class DeployableMnist(nn.Module):
     """The trained CNN with its input normalisation inside: pixels in [0, 1] in, logits out.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
 
     def __init__(self, model: nn.Module, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
@@ -63,7 +63,7 @@ class DeployableMnist(nn.Module):
 def make_deployable(model: nn.Module) -> DeployableMnist:
     """Wrap a copy of `model` (on the CPU, in eval mode) with the normalisation; the original is untouched.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
     return DeployableMnist(model).eval()
@@ -72,7 +72,7 @@ def make_deployable(model: nn.Module) -> DeployableMnist:
 def example_pixels(batch_size: int = 2, seed: int = 0) -> torch.Tensor:
     """Random float32 pixels `[batch_size, 1, 28, 28]` in [0, 1], the shape every deployed form takes.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     return torch.rand(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
 
@@ -89,7 +89,7 @@ def quiet_torchscript_deprecation() -> Iterator[None]:
 def to_torchscript(module: nn.Module, method: str = "script", example: torch.Tensor | None = None):
     """Turn `module` into TorchScript by `"script"` (compiles the Python code) or `"trace"` (records one run).
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     if method not in ("script", "trace"):
         raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
@@ -149,7 +149,7 @@ def _refuse_pickles(path: Path, archive: zipfile.ZipFile) -> None:
 def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path:
     """Write a TorchScript module atomically (a temporary file, then a rename); returns the path.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     with quiet_torchscript_deprecation():
         return _write_model_file(path, lambda buffer: torch.jit.save(scripted, buffer))
@@ -158,7 +158,7 @@ def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path
 def export_program(module: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
     """`torch.export` the module with a dynamic batch dimension, so one program serves any batch size.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     if module.training:
         raise ValueError("the module is in training mode: call .eval() before exporting it")
@@ -170,7 +170,7 @@ def export_program(module: nn.Module, example: torch.Tensor | None = None) -> to
 def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
     """Write an exported program with `torch.export.save`, atomically; returns the path (`.pt2`).
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     return _write_model_file(path, lambda buffer: torch.export.save(program, buffer))
 
@@ -190,7 +190,7 @@ def _quiet_cpp_extension_log() -> Iterator[None]:
 def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Path:
     """Compile an exported program ahead of time with AOTInductor into a `.pt2` package; returns the path.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     path = Path(path)
     if path.suffix != ".pt2":
@@ -210,7 +210,7 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Pat
 def detect_format(path: str | Path) -> str:
     """Say which of `FORMATS` a model file holds, from the names inside its zip archive.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     path = Path(path)
     if not path.is_file():
@@ -247,7 +247,7 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
     Model files are code: the file must match the SHA-256 that `export` recorded beside it (unless
     `trust=True`), its zip CRCs must hold, and a `.pt2` holding pickles is refused.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     path = Path(path)
     format = format or detect_format(path)
@@ -318,7 +318,7 @@ def check_parity(
 ) -> list[ParityReport]:
     """Compare each candidate's logits with the reference's on every image; one report per candidate.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (1, 28, 28):
         raise ValueError(f"pixels must be [N, 1, 28, 28], got {list(pixels.shape)}")
@@ -347,7 +347,7 @@ def check_parity(
 def format_parity(reports: Sequence[ParityReport], show_difference: bool = False) -> str:
     """Render parity reports as a table (the measured difference only when asked: it varies by machine).
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     lines = [f"{'form':<12} {'within ' + format(reports[0].tolerance, '.0e'):>12} {'accuracy':>9} {'eager':>8} {'same digit':>12}"]
     if show_difference:
@@ -370,7 +370,7 @@ def format_parity(reports: Sequence[ParityReport], show_difference: bool = False
 def pgm_bytes(image: torch.Tensor) -> bytes:
     """Encode a `[28, 28]` uint8 image as a binary PGM (`P5`), the C++ classifier's input format.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     image = image.detach().cpu()
     if image.dim() == 3 and image.shape[0] == 1:
@@ -384,7 +384,7 @@ def pgm_bytes(image: torch.Tensor) -> bytes:
 def write_pgm(image: torch.Tensor, path: str | Path) -> Path:
     """Write a `[28, 28]` uint8 image as a binary PGM file.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,7 +399,7 @@ def write_pgm(image: torch.Tensor, path: str | Path) -> Path:
 def torch_install_dir() -> Path:
     """The installed torch package's folder, which holds libtorch's `include/` and `lib/`.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     return Path(torch.__file__).resolve().parent
 
@@ -407,7 +407,7 @@ def torch_install_dir() -> Path:
 def compile_command(source: str | Path, output: str | Path, compiler: str = "g++") -> list[str]:
     """The g++ command line that builds a libtorch program against the installed torch wheel.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     root = torch_install_dir()
     abi = int(torch.compiled_with_cxx11_abi())
@@ -435,7 +435,7 @@ def build_classifier(
 ) -> Path:
     """Build the C++ classifier with g++ against the wheel's libtorch, or reuse the cached binary.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     binary = classifier_path(source, out_dir)
     if binary.is_file() and os.access(binary, os.X_OK) and not force:

@@ -42,7 +42,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class MnistCNN(nn.Module):
     """Two convolution blocks (conv, norm, ReLU, max-pool) and a two-layer classifier: `[N, 1, 28, 28]` -> `[N, 10]`.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
 
     def __init__(self, config: CNNConfig | None = None) -> None:
@@ -78,7 +78,7 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {"MnistCNN": (MnistCNN, CNNCon
 def build_model(config: object | None = None) -> nn.Module:
     """Build a course model from its config object, or from the dict a checkpoint stores (with its `class`).
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     if isinstance(config, dict):
         values = dict(config)
@@ -99,6 +99,6 @@ def model_config(model: nn.Module) -> dict:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Count the parameters of `model` (by default only those that train).
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

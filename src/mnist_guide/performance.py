@@ -22,7 +22,7 @@ from torch import nn
 def synchronize(device: torch.device | str | None) -> None:
     """Wait until every kernel queued on `device` has finished: accelerators run asynchronously.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
@@ -36,7 +36,7 @@ def median_seconds(
 ) -> float:
     """Run `fn` `warmup` times untimed (one-off costs), then `repeats` times timed; return the median seconds.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     for _ in range(warmup):
         fn()
@@ -56,7 +56,7 @@ def compare_seconds(
 ) -> dict[str, float]:
     """Time several functions in turns (a, b, a, b, ...), so a slow spell hits each alike; the median seconds of each.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     for _ in range(warmup):
         for fn in candidates.values():
@@ -76,7 +76,7 @@ def compare_seconds(
 def num_threads(count: int) -> Iterator[int]:
     """Run the body with `torch.set_num_threads(count)`, restoring the process-wide count afterwards.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
@@ -103,7 +103,7 @@ class OperatorStat:
 def top_operators(profile, n: int = 10, *, device_time: bool = False) -> list[OperatorStat]:
     """The `n` operators of a finished `torch.profiler.profile` with the most self time (on the device if `device_time`).
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     events = profile.key_averages()
     attribute = "self_device_time_total" if device_time else "self_cpu_time_total"
@@ -116,7 +116,7 @@ def top_operators(profile, n: int = 10, *, device_time: bool = False) -> list[Op
 def format_operator_table(stats: list[OperatorStat]) -> str:
     """Render `top_operators(...)` as a text table: operator, calls, self milliseconds, share.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     width = max([len("operator"), *(len(stat.name) for stat in stats)])
     lines = [f"{'operator':<{width}}  {'calls':>6}  {'self ms':>9}  {'share':>6}"]
@@ -133,7 +133,7 @@ def format_operator_table(stats: list[OperatorStat]) -> str:
 def model_size_bytes(model: nn.Module | Mapping[str, torch.Tensor]) -> int:
     """Bytes taken by the tensors of a model's `state_dict` (parameters and buffers), shared ones once.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     state = model.state_dict() if isinstance(model, nn.Module) else model
     unique = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in state.values() if isinstance(t, torch.Tensor)}
@@ -143,7 +143,7 @@ def model_size_bytes(model: nn.Module | Mapping[str, torch.Tensor]) -> int:
 def saved_size_bytes(model: nn.Module) -> int:
     """Bytes of `torch.save` of the model's weights on the CPU: the size of a weights-only file.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     buffer = io.BytesIO()
     torch.save({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}, buffer)
@@ -157,7 +157,7 @@ def saved_size_bytes(model: nn.Module) -> int:
 def quantize_per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise a 2-D weight to int8 with one scale per output row: `weight ≈ q * scale`, `scale = max|row| / 127`.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     weight = weight.detach().to(torch.float32)
     scale = (weight.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
@@ -168,7 +168,7 @@ def quantize_per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 class Int8Linear(nn.Module):
     """A Linear layer storing its weight as int8 with a float scale per row: a quarter of the bytes, no faster.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -205,7 +205,7 @@ class Int8Linear(nn.Module):
 def quantize_linear_layers(model: nn.Module) -> nn.Module:
     """A copy of `model` in eval mode with every `nn.Linear` replaced by an `Int8Linear`.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     quantized = copy.deepcopy(model).eval()
     if isinstance(quantized, nn.Linear):

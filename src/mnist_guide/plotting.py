@@ -64,7 +64,7 @@ def _history_values(history, key: str) -> list[float]:
 def plot_history(history, *, title: str | None = None, figsize: tuple[float, float] = (10, 3.6)):
     """Draw a run's loss and accuracy per epoch, training beside test; returns the figure.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=figsize)
     for split, style in (("train", "o-"), ("test", "s-")):
@@ -93,7 +93,7 @@ def plot_confusion_matrix(
 ):
     """Draw a confusion matrix (rows: true class, columns: predicted), as counts or as % of each true class.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     from matplotlib.colors import PowerNorm
 
@@ -127,7 +127,7 @@ def plot_confusion_matrix(
 def plot_speedups(labels: Sequence[str], ratios: Sequence[float], *, title: str | None = None, ax=None):
     """Draw speed-ups against a baseline as horizontal bars (1 = as fast; green faster, red slower); returns the figure.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
@@ -155,7 +155,7 @@ def plot_sparsity_accuracy(
 ):
     """Draw test accuracy against the fraction of weights pruned away; returns the figure.
 
-    Taught in notebooks/09_pytorch2_performance.ipynb.
+    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([100 * s for s in sparsities], [100 * a for a in accuracies], marker="o")
@@ -175,7 +175,7 @@ def plot_feature_maps(
 ):
     """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     maps = maps.detach().to("cpu", torch.float32)
     if maps.dim() == 4 and maps.shape[1] == 1:
@@ -203,7 +203,7 @@ def plot_convolution_step(
 ):
     """Draw a kernel sliding over an image: the window at each position, the kernel, and the output it fills.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     from matplotlib.patches import Rectangle
 

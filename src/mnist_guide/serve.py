@@ -88,7 +88,7 @@ def _reject_constant(name: str) -> float:
 def pixels_from_json(body: bytes) -> torch.Tensor:
     """Parse and check `{"pixels": [[...] x 28]}`: 28 rows of 28 finite numbers in [0, 255].
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
@@ -220,7 +220,7 @@ async def _upload_from_form(request: Request, body: bytes) -> bytes:
 def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, trust: bool = False) -> FastAPI:
     """Build the FastAPI app serving the model file at `model_path` (any format `load_deployed` reads).
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     deployed = load_deployed(model_path, trust=trust)
     predictor = Predictor(deployed)
@@ -315,7 +315,7 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log
 
     Stalled clients are dropped, and the file descriptor limit is raised so idle connections cannot starve it.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
     import resource
 
@@ -347,7 +347,7 @@ def _stop_process(process: subprocess.Popen, log, timeout: float = 10) -> None:
 class ServerProcess:
     """`mnist-guide serve` running in a child process on a loopback port; `stop()` ends it.
 
-    Taught in notebooks/08_deployment.ipynb.
+    Taught in notebooks/09_deployment.ipynb.
     """
 
     process: subprocess.Popen

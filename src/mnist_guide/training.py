@@ -59,7 +59,7 @@ def train_step(
     Each micro-batch's mean loss is weighted by its share of the step's samples, so accumulated
     gradients equal those of one big batch, even when the last micro-batch is short.
 
-    Taught in notebooks/10_scaling_out.ipynb.
+    Taught in notebooks/11_scaling_out.ipynb.
     """
     samples = sum(len(labels) for _, labels in micro_batches)
     optimizer.zero_grad(set_to_none=True)
@@ -85,7 +85,7 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One pass over `loader`, one `train_step` per batch (split into `accumulate` micro-batches); returns mean loss and accuracy.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -106,7 +106,7 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean loss and accuracy of `model` over `loader`; `all_reduce` sums the totals over processes.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
@@ -134,7 +134,7 @@ def fit(
     The scheduler steps after every batch (`scheduler_step="batch"`, one-cycle) or epoch. `start_epoch`
     and `history` continue a restored run; `on_epoch_end(epoch, history)` runs after each epoch.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     from tqdm.auto import tqdm
 
@@ -171,7 +171,7 @@ class Recipe:
 
     The one-cycle schedule cycles Adam's beta1 between `betas[0]` and `min_beta1`, against the rate.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
 
     epochs: int = 5
@@ -200,7 +200,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_e
 
     The rate climbs to `max_lr` over 30 % of the steps, then anneals; beta1 moves the other way.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.max_lr, total_steps=total_steps or recipe.epochs * steps_per_epoch,
@@ -235,7 +235,7 @@ def train_course_model(
     `epochs` stops early (the schedule still spans `recipe.epochs`); `resume=True` continues from
     `out/checkpoint.pt`, giving the weights of one unbroken run.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     recipe = recipe or Recipe()
     device = pick_device(device)
@@ -289,7 +289,7 @@ def write_metrics(path: str | Path, run: TrainingRun, recipe: Recipe) -> dict:
 def course_checkpoint_path() -> Path:
     """Where notebooks keep the trained course model: `artifacts/mnist_cnn.pt`.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     return artifacts_dir() / COURSE_CHECKPOINT
 
@@ -297,7 +297,7 @@ def course_checkpoint_path() -> Path:
 def save_course_checkpoint(run: TrainingRun, recipe: Recipe | None = None, path: str | Path | None = None) -> Path:
     """Save a finished course run to `artifacts/mnist_cnn.pt`, where later notebooks load it.
 
-    Taught in notebooks/06_mnist_cnn.ipynb.
+    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     return save_checkpoint(
         path or course_checkpoint_path(), run.model, epoch=run.history.epochs, optimizer=run.optimizer,
@@ -310,7 +310,7 @@ def load_or_train_course_model(
 ) -> tuple[nn.Module, Checkpoint]:
     """Load the trained course model from `artifacts/`, training it with the course recipe when missing.
 
-    Taught in notebooks/07_evaluation.ipynb.
+    Taught in notebooks/08_evaluation.ipynb.
     """
     path = Path(path) if path is not None else course_checkpoint_path()
     if not path.exists():

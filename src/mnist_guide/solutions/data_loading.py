@@ -1,4 +1,4 @@
-"""Reference solutions for notebooks/05_data_loading.ipynb."""
+"""Reference solutions for notebooks/06_data_loading.ipynb."""
 
 from __future__ import annotations
 

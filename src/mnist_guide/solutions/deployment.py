@@ -1,4 +1,4 @@
-"""Reference solutions for notebooks/08_deployment.ipynb."""
+"""Reference solutions for notebooks/09_deployment.ipynb."""
 
 from __future__ import annotations
 

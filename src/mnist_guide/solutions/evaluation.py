@@ -1,4 +1,4 @@
-"""Reference solutions for notebooks/07_evaluation.ipynb."""
+"""Reference solutions for notebooks/08_evaluation.ipynb."""
 
 from __future__ import annotations
 

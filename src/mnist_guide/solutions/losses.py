@@ -1,4 +1,4 @@
-"""Reference solutions for notebooks/03_loss_functions.ipynb."""
+"""Reference solutions for notebooks/04_loss_functions.ipynb."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def uniform_guess_loss(num_classes: int) -> float:
     Equal logits give every class probability 1 / K, so the loss is -log(1 / K) = log K,
     whatever the right class is: the loss an untrained classifier starts near.
 
-    Taught in notebooks/03_loss_functions.ipynb.
+    Taught in notebooks/04_loss_functions.ipynb.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, not {num_classes}")
@@ -25,7 +25,7 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torc
 
     H(q, p) = -sum_k q_k log p_k with p = softmax(logits); log_softmax keeps it finite for any logits.
 
-    Taught in notebooks/03_loss_functions.ipynb.
+    Taught in notebooks/04_loss_functions.ipynb.
     """
     if logits.shape != target_probs.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target_probs {tuple(target_probs.shape)} must have the same shape")
@@ -38,7 +38,7 @@ def huber_loss(predictions: torch.Tensor, targets: torch.Tensor, delta: float = 
     0.5 e^2 when |e| <= delta, delta (|e| - delta / 2) otherwise: the two pieces meet with the same
     value and slope at |e| = delta, so large errors pull with a constant force instead of a growing one.
 
-    Taught in notebooks/03_loss_functions.ipynb.
+    Taught in notebooks/04_loss_functions.ipynb.
     """
     if delta <= 0:
         raise ValueError(f"delta must be positive, not {delta}")

@@ -1,4 +1,4 @@
-"""Reference solutions for notebooks/06_mnist_cnn.ipynb."""
+"""Reference solutions for notebooks/07_mnist_cnn.ipynb."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reference solutions for notebooks/09_pytorch2_performance.ipynb."""
+"""Reference solutions for notebooks/10_pytorch2_performance.ipynb."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reference solutions for notebooks/10_scaling_out.ipynb."""
+"""Reference solutions for notebooks/11_scaling_out.ipynb."""
 
 from __future__ import annotations
 
