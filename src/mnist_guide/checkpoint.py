@@ -23,10 +23,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint file holds: weights, the model's config, optimizer state, epoch, history, versions.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """What a checkpoint file holds: weights, the model's config, optimizer state, epoch, history, versions."""
 
     model_state: dict
     model_config: dict
@@ -57,10 +54,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, history: object | None = None,
     extra: dict | None = None
 ) -> Path:
-    """Write a checkpoint atomically: weights, config, optimizer and scheduler state, epoch, `history`, versions.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Write a checkpoint atomically: weights, config, optimizer and scheduler state, epoch, `history`, versions."""
     checkpoint = Checkpoint(
         model_state={key: value.detach().cpu() for key, value in model.state_dict().items()},
         model_config=model_config(model),

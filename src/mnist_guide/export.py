@@ -208,10 +208,7 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Pat
 
 
 def detect_format(path: str | Path) -> str:
-    """Say which of `FORMATS` a model file holds, from the names inside its zip archive.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Say which of `FORMATS` a model file holds, from the names inside its zip archive."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file. Write one with `mnist-guide export`.")

@@ -123,8 +123,6 @@ def pixels_from_png(data: bytes) -> torch.Tensor:
     Any size up to `MAX_PNG_SIDE`, grey, RGB or RGBA, 8 or 16 bits, dark ink on light paper or light
     on dark: `data.mnist_style` crops, scales and centres it. A blank image is refused (422, "no ink").
     The size is checked before the pixels are decoded, so a small file cannot unpack into a huge image.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
