@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -13,7 +14,7 @@ def count_mlp_parameters(sizes: Sequence[int]) -> int:
 
     `[2, 32, 32, 2]` has three layers: 2 × 32 + 32, 32 × 32 + 32 and 32 × 2 + 2 numbers.
     """
-    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in itertools.pairwise(sizes))
 
 
 class Standardize(nn.Module):
@@ -33,7 +34,7 @@ def make_mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.
     if len(sizes) < 2:
         raise ValueError(f"an MLP needs at least an input and an output width, got sizes={list(sizes)}")
     layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         if index > 0:
             layers.append(activation())
         layers.append(nn.Linear(fan_in, fan_out))
