@@ -306,13 +306,9 @@ def ink_on_black(image, *, max_value: float | None = None) -> torch.Tensor:
 
 
 def mnist_style(image, *, max_value: float | None = None) -> torch.Tensor:
-    """Turn any image of one digit into what MNIST's digits are: float32 `[28, 28]` in [0, 1], white on black.
+    """Any image of one digit as MNIST made its digits: ink cropped, scaled into 20 x 20, centred by mass in 28 x 28.
 
-    As MNIST was made: the ink (`ink_on_black`) is cropped to its bounding box, scaled with
-    anti-aliasing so its longer side is 20 pixels (aspect ratio kept), and placed in a 28 x 28
-    field with its centre of mass at (14, 14). Integer pixels are scaled by their type's range
-    (uint8 by 255, uint16 by 65535) or by `max_value`; floats are taken as [0, 1].
-    A blank image raises `NoInkError`. Example: `model(mnist_style(png_array)[None, None])`.
+    Returns float32 `[28, 28]` in [0, 1], white on black; a blank image raises `NoInkError`.
 
     Taught in notebooks/09_deployment.ipynb.
     """

@@ -309,18 +309,13 @@ class ParityReport:
 
 @torch.inference_mode()
 def check_parity(
-    reference: Callable[[torch.Tensor], torch.Tensor], candidates: Mapping[str, Callable[[torch.Tensor],
-    torch.Tensor]], pixels: torch.Tensor, labels: torch.Tensor, *, tolerance: float = PARITY_TOLERANCE,
-    batch_size: int = 1000
+    reference: Callable[[torch.Tensor], torch.Tensor], candidates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    pixels: torch.Tensor, labels: torch.Tensor, *, tolerance: float = PARITY_TOLERANCE, batch_size: int = 1000
 ) -> list[ParityReport]:
     """Compare each candidate's logits with the reference's on every image; one report per candidate.
 
     Taught in notebooks/09_deployment.ipynb.
     """
-    if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"pixels must be [N, 1, 28, 28], got {list(pixels.shape)}")
-    if len(pixels) != len(labels) or len(pixels) == 0:
-        raise ValueError(f"need as many labels as images (and at least one): {len(pixels)} images, {len(labels)} labels")
     batches = [(pixels[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
     expected = [reference(images) for images, _ in batches]
     reference_correct = sum(int((logits.argmax(1) == y).sum()) for logits, (_, y) in zip(expected, batches, strict=True))
