@@ -233,20 +233,22 @@ def test_unknown_format_is_refused(model, tmp_path):
         export.load_deployed(tmp_path / "m.pt", format="onnx")
 
 
-def test_a_failed_write_keeps_the_previous_file(model, tmp_path, monkeypatch):
+def test_a_full_disk_keeps_the_previous_file_and_its_manifest(model, tmp_path, monkeypatch):
     target = tmp_path / "model.pt"
-    export.save_torchscript(export.to_torchscript(export.make_deployable(model)), target)
-    before = target.read_bytes()
+    scripted = export.to_torchscript(export.make_deployable(model))
+    export.save_torchscript(scripted, target)
+    before, manifest = target.read_bytes(), export.manifest_path(target).read_text()
+    write_bytes = Path.write_bytes
 
-    def broken_save(module, path):
-        Path(path).write_bytes(b"half a file")
-        raise OSError("disk full")
+    def full_disk(self, data):
+        write_bytes(self, data[:100])
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch.jit, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        export.save_torchscript(export.to_torchscript(export.make_deployable(model)), target)
-    assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"], "no temporary file is left behind"
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export.save_torchscript(scripted, target)
+    assert target.read_bytes() == before and export.manifest_path(target).read_text() == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.sha256"], "no temporary file is left"
 
 
 def test_cli_export_errors_are_short_messages(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from mnist_guide.solutions import modules
 
 @pytest.mark.parametrize("sizes", [[2, 32, 32, 2], [784, 128, 10], [3, 1], [5, 4, 3, 2, 1]])
 def test_count_mlp_parameters_equals_the_layers(sizes):
-    layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    layers = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
     assert modules.count_mlp_parameters(sizes) == sum(p.numel() for layer in layers for p in layer.parameters())
 
 
