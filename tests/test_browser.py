@@ -230,11 +230,18 @@ _NOTEBOOK_STATE_JS = """
 # Per cell of the open notebook: decoded images and progress-bar widgets drawn in its output area.
 _RENDERED_JS = """
 () => window.jupyterapp.shell.currentWidget.content.widgets.map(cell => ({
-  images: [...cell.node.querySelectorAll('.jp-OutputArea-output .jp-RenderedImage img')]
+  images: [...cell.node.querySelectorAll('.jp-OutputArea .jp-RenderedImage img')]
           .filter(img => img.complete && img.naturalWidth > 0).length,
-  bars: cell.node.querySelectorAll('.jp-OutputArea-output .widget-hbox .widget-hprogress').length,
+  bars: cell.node.querySelectorAll('.jp-OutputArea .widget-hbox .widget-hprogress').length,
   text: (cell.node.querySelector('.jp-OutputArea') || {innerText: ''}).innerText.slice(0, 4000),
 }))
+"""
+
+# Whether every image in one cell's output area has decoded (the browser draws only what is in view).
+_CELL_IMAGES_DRAWN_JS = """
+([i, n]) => [...window.jupyterapp.shell.currentWidget.content.widgets[i].node
+              .querySelectorAll('.jp-OutputArea .jp-RenderedImage img')]
+            .filter(img => img.complete && img.naturalWidth > 0).length >= n
 """
 
 
@@ -337,6 +344,8 @@ def _scroll_to_cell(page, index: int) -> None:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_run_all_in_jupyterlab(name, jupyter_lab, browser, request):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     stem = Path(name).stem
     expected = _stored_expectations(name)
     if not _in_default_run(ROOT / "notebooks" / name):
@@ -370,10 +379,26 @@ def test_run_all_in_jupyterlab(name, jupyter_lab, browser, request):
         assert "Traceback" not in shown, f"{name}: a traceback is shown"
         assert "IProgress not found" not in shown, f"{name}: tqdm fell back to text (ipywidgets missing?)"
 
-        live_images = sum(
-            "image/png" in out.get("data", {}) for cell in state["cells"] for out in cell["outputs"]
-        )
-        drawn_images = sum(cell["images"] for cell in rendered)
+        images_per_cell = {
+            cell["index"]: sum("image/png" in out.get("data", {}) for out in cell["outputs"])
+            for cell in state["cells"]
+        }
+        live_images = sum(images_per_cell.values())
+        figure_cells = [index for index, count in images_per_cell.items() if count]
+        drawn_images = 0
+        for (
+            index
+        ) in figure_cells:  # scroll to each figure, as a reader does: the browser draws what is in view
+            _scroll_to_cell(page, index)
+            try:
+                page.wait_for_function(
+                    _CELL_IMAGES_DRAWN_JS, arg=[index, images_per_cell[index]], timeout=15_000
+                )
+            except PlaywrightTimeout:  # counted: the assertion below names the shortfall
+                pass
+            drawn_images += page.evaluate(_RENDERED_JS)[index]["images"]
+            if index == figure_cells[0]:
+                page.screenshot(path=str(SHOTS / f"{stem}_figure.png"))
         assert live_images == expected["images"], (
             f"{name}: Run All made {live_images} figures, the stored notebook has {expected['images']}"
         )
@@ -400,10 +425,6 @@ def test_run_all_in_jupyterlab(name, jupyter_lab, browser, request):
         if expected["widget_cells"]:
             _scroll_to_cell(page, min(expected["widget_cells"]))
             page.screenshot(path=str(SHOTS / f"{stem}_progress.png"))
-        if live_images:
-            first = next(i for i, cell in enumerate(rendered) if cell["images"])
-            _scroll_to_cell(page, first)
-            page.screenshot(path=str(SHOTS / f"{stem}_figure.png"))
         summary = {
             "notebook": name,
             "run_all_s": round(run["seconds"], 1),
