@@ -233,7 +233,7 @@ _RENDERED_JS = """
   images: [...cell.node.querySelectorAll('.jp-OutputArea .jp-RenderedImage img')]
           .filter(img => img.complete && img.naturalWidth > 0).length,
   bars: cell.node.querySelectorAll('.jp-OutputArea .widget-hbox .widget-hprogress').length,
-  text: (cell.node.querySelector('.jp-OutputArea') || {innerText: ''}).innerText.slice(0, 4000),
+  text: (cell.node.querySelector('.jp-OutputArea') || {textContent: ''}).textContent.slice(0, 4000),
 }))
 """
 
@@ -259,7 +259,7 @@ def _stored_expectations(name: str) -> dict:
 
 
 def _open_notebook(page, jupyter_lab, name: str) -> None:
-    # `jupyter lab notebooks/00_start_here.ipynb` serves the notebooks folder as its root.
+    # `jupyter lab ... notebooks/00_start_here.ipynb` serves the notebooks folder as its root.
     # A workspace of its own per notebook, so the page restores no tabs from an earlier test.
     workspace = Path(name).stem.replace("_", "-")
     page.goto(
@@ -344,12 +344,13 @@ def _scroll_to_cell(page, index: int) -> None:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_run_all_in_jupyterlab(name, jupyter_lab, browser, request):
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     stem = Path(name).stem
     expected = _stored_expectations(name)
     if not _in_default_run(ROOT / "notebooks" / name):
-        request.getfixturevalue("course_checkpoint")  # notebooks after the CNN one load the trained model
+        request.getfixturevalue("course_checkpoint")  # the notebooks after the CNN one load the trained model
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
@@ -386,9 +387,8 @@ def test_run_all_in_jupyterlab(name, jupyter_lab, browser, request):
         live_images = sum(images_per_cell.values())
         figure_cells = [index for index, count in images_per_cell.items() if count]
         drawn_images = 0
-        for (
-            index
-        ) in figure_cells:  # scroll to each figure, as a reader does: the browser draws what is in view
+        # Scroll to each figure, as a reader does: the browser draws what is in view.
+        for index in figure_cells:
             _scroll_to_cell(page, index)
             try:
                 page.wait_for_function(
@@ -435,4 +435,11 @@ def test_run_all_in_jupyterlab(name, jupyter_lab, browser, request):
         }
         (SHOTS / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     finally:
+        try:  # stop this notebook's kernel, so that the next notebook does not share the cores with it
+            page.evaluate(
+                "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                " return w && w.sessionContext ? w.sessionContext.shutdown() : null; }"
+            )
+        except PlaywrightError:
+            pass
         page.close()
