@@ -87,3 +87,15 @@ def exported_files(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFac
     for format, out in files.items():
         assert cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", format, "--out", str(out)]) == 0
     return files
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium for the browser tests: skipped without it, except under CI=true, where it must be there."""
+    path = Path("/usr/bin/chromium")
+    if path.exists():
+        return path
+    message = "Chromium not found at /usr/bin/chromium: install it with `sudo apt-get install chromium` (Debian/Ubuntu)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " — CI must install it (.ci/run does).")
+    pytest.skip(message)

@@ -9,18 +9,16 @@ Skips when Chromium is missing, except under CI=true.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 
-from mnist_guide import cli, serve
+from mnist_guide import serve
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "browser"
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -41,20 +39,8 @@ DIGITS = {
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Path:
-    if CHROMIUM.exists():
-        return CHROMIUM
-    message = "Chromium not found at /usr/bin/chromium: install it with `sudo apt-get install chromium` (Debian/Ubuntu)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " — CI must install it.")
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def server(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, chromium):
-    model = tmp_path_factory.mktemp("drawing-page") / "mnist_cnn.pt2"
-    assert cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", "export", "--out", str(model)]) == 0
-    running = serve.ServerProcess.start(model)
+def server(exported_files: dict[str, Path], chromium):
+    running = serve.ServerProcess.start(exported_files["export"])
     yield running
     running.stop()
 
