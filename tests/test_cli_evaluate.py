@@ -57,7 +57,7 @@ def test_evaluate_garbage_file_exits_2(tmp_path, capsys):
     path.write_bytes(b"this is not a checkpoint\n" * 10)
     assert main(["evaluate", "--checkpoint", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "not a readable checkpoint" in err and str(path) in err
+    assert "not a readable archive" in err and str(path) in err
 
 
 def test_evaluate_foreign_torch_file_exits_2(tmp_path, capsys):
