@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_guide.data import MNIST_MEAN, MNIST_STD, make_loaders
-from mnist_guide.models import CNNConfig, build_model, model_config
+from mnist_guide.models import BUILDABLE, CNNConfig, build_model, model_config
 from mnist_guide.runtime import artifacts_dir, pick_device, seed_everything
 
 COURSE_CHECKPOINT = "mnist_cnn.pt"
@@ -321,12 +321,13 @@ def load_checkpoint(
     stored = dict(checkpoint.model_config)
     stored_class = stored.pop("class", "MnistCNN")
     if model is None:
-        if stored_class != "MnistCNN":
+        if stored_class not in BUILDABLE:
             raise CheckpointError(f"{path}: holds a {stored_class}; pass a model of that class to load it.")
         try:
-            model = build_model(CNNConfig(**stored))
+            model = build_model({"class": stored_class, **stored})
         except TypeError as error:
-            raise CheckpointError(f"{path}: model config {stored} is not a CNNConfig ({error}).") from error
+            config_name = BUILDABLE[stored_class][1].__name__
+            raise CheckpointError(f"{path}: model config {stored} is not a {config_name} ({error}).") from error
     else:
         wanted = model_config(model)
         if wanted != checkpoint.model_config:
