@@ -134,8 +134,8 @@ class SelfAttention(nn.Module):
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of `x` `[N, T, dim]`, each `[N, heads, T, dim / heads]`."""
         n, t, _ = x.shape
-        q, k, v = self.qkv(x).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        return q, k, v
+        qkv = self.qkv(x).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, N, heads, T, dim / heads]
+        return qkv[0], qkv[1], qkv[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project(x)

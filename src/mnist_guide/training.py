@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_guide.data import MNIST_MEAN, MNIST_STD, make_loaders
-from mnist_guide.models import BUILDABLE, CNNConfig, build_model, model_config
+from mnist_guide.models import BUILDABLE, CNNConfig, ViTConfig, build_model, model_config
 from mnist_guide.runtime import artifacts_dir, pick_device, seed_everything
 
 COURSE_CHECKPOINT = "mnist_cnn.pt"
@@ -374,8 +374,14 @@ class Recipe:
     max_shift: int = 1
     channels_last: bool = True
     seed: int = 0
-    model: CNNConfig = field(default_factory=CNNConfig)
+    model: CNNConfig | ViTConfig = field(default_factory=CNNConfig)
     min_beta1: float = 0.85
+
+
+#: The recipe for the ViT: the course recipe with a gentler peak learning rate and more epochs,
+#: and without channels_last (it speeds up convolutions; the ViT has one, on one channel).
+#: Taught in notebooks/12_transformers.ipynb.
+VIT_RECIPE = Recipe(epochs=5, max_lr=3e-3, channels_last=False, model=ViTConfig())
 
 
 def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
