@@ -25,9 +25,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from mnist_guide.training import Recipe, train_course_model, write_metrics
+    from mnist_guide.training import VIT_RECIPE, Recipe, train_course_model, write_metrics
 
-    recipe = Recipe()
+    recipe = VIT_RECIPE if args.model == "vit" else Recipe()
     recipe = replace(
         recipe,
         epochs=args.epochs if args.epochs is not None else recipe.epochs,
@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     info.set_defaults(handler=_cmd_info)
 
-    train = commands.add_parser("train", help="train the course CNN and write checkpoint.pt and metrics.json")
+    train = commands.add_parser("train", help="train the course CNN (or the ViT) and write checkpoint.pt and metrics.json")
     train.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
+    train.add_argument("--model", choices=["cnn", "vit"], default="cnn", help="the course CNN (default) or the Vision Transformer")
     train.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the course recipe's)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     train.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")

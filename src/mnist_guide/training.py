@@ -450,7 +450,7 @@ def train_course_model(
     progress: bool = True,
     on_epoch_end: Callable[[int, History], None] | None = None,
 ) -> TrainingRun:
-    """Train the course CNN with `recipe`; with `out`, save `out/checkpoint.pt` after every epoch.
+    """Train the recipe's model (the course CNN, or the ViT of `VIT_RECIPE`); with `out`, save `out/checkpoint.pt` after every epoch.
 
     `epochs` stops early (the schedule still spans `recipe.epochs`), and `resume=True`
     continues from `out/checkpoint.pt`: together they give the same weights as one unbroken run.
