@@ -338,19 +338,17 @@ def plot_accuracy_vs_parameters(results: Sequence[dict], *, title: str | None = 
     """
     if not results:
         raise ValueError("no results to draw")
-    markers = {}
-    fig, ax = plt.subplots(figsize=(7, 4))
+    methods = list(dict.fromkeys(result["method"] for result in results))
+    markers = dict(zip(methods, "osD^v<>ph", strict=False))
     sizes = sorted({result["examples"] for result in results})
     colors = dict(zip(sizes, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     for result in results:
-        marker = markers.setdefault(result["method"], "osD^v<>"[len(markers) % 7])
-        ax.scatter(result["trainable"], 100 * result["accuracy"], marker=marker, s=60, color=colors[result["examples"]])
-    for size in sizes:  # a line per data size, in order of trainable parameters
-        points = sorted((r["trainable"], 100 * r["accuracy"]) for r in results if r["examples"] == size)
-        ax.plot(*zip(*points, strict=True), color=colors[size], alpha=0.35)
-    handles = [plt.Line2D([], [], marker=m, linestyle="", color="gray", label=name) for name, m in markers.items()]
-    handles += [plt.Line2D([], [], color=colors[size], label=f"{size} examples per class") for size in sizes]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+        ax.scatter(result["trainable"], 100 * result["accuracy"], marker=markers[result["method"]], s=70,
+                   color=colors[result["examples"]], edgecolor="black", linewidth=0.5, zorder=3)
+    handles = [plt.Line2D([], [], marker=markers[name], linestyle="", color="gray", label=name) for name in methods]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", color=colors[size], label=f"{size} examples per class") for size in sizes]
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test accuracy (%)")
     ax.set_title(title or "Accuracy against trainable parameters")
     ax.grid(alpha=0.3)
