@@ -1,4 +1,4 @@
-"""The course's CNN for MNIST, described by a plain config so that checkpoints can rebuild it."""
+"""The course's CNN and Vision Transformer for MNIST, each described by a plain config so that checkpoints can rebuild it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("batch", "group", "none")
@@ -71,8 +72,112 @@ class MnistCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@dataclass(frozen=True)
+class ViTConfig:
+    """The shape of `MnistViT`: patch size, width, depth, heads, MLP width, dropout.
+
+    7 x 7 patches cut a 28 x 28 digit into 16 tokens; with the class token the sequence is 17 long.
+
+    Taught in notebooks/12_transformers.ipynb.
+    """
+
+    patch_size: int = 7
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    mlp_dim: int = 128
+    dropout: float = 0.0
+    num_classes: int = 10
+    image_size: int = 28
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: one Linear makes queries, keys and values, SDPA mixes the tokens.
+
+    `[N, T, dim]` in and out. `project` returns the per-head queries, keys and values, so the
+    attention weights can be computed by hand from the same numbers.
+
+    Taught in notebooks/12_transformers.ipynb.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be a multiple of heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of `x` `[N, T, dim]`, each `[N, heads, T, dim / heads]`."""
+        n, t, _ = x.shape
+        qkv = self.qkv(x).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, N, heads, T, dim / heads]
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x)
+        mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(mixed.transpose(1, 2).flatten(2))
+
+
+class TransformerBlock(nn.Module):
+    """A pre-norm transformer block: `x + attention(norm(x))`, then `x + mlp(norm(x))`.
+
+    Taught in notebooks/12_transformers.ipynb.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MnistViT(nn.Module):
+    """A small Vision Transformer: patches as tokens, a class token, learned positions, pre-norm blocks.
+
+    `[N, 1, 28, 28]` normalised pixels in, `[N, num_classes]` logits out, read from the class
+    token after the last block. About 140k parameters with the default config.
+
+    Taught in notebooks/12_transformers.ipynb.
+    """
+
+    def __init__(self, config: ViTConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or ViTConfig()
+        if c.image_size % c.patch_size:
+            raise ValueError(f"patch_size {c.patch_size} must divide image_size {c.image_size}")
+        self.num_patches = (c.image_size // c.patch_size) ** 2
+        # A convolution with stride = kernel = patch size is a Linear layer applied to each patch.
+        self.patch_embedding = nn.Conv2d(1, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+        self.positions = nn.Parameter(torch.randn(1, self.num_patches + 1, c.dim) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, c.mlp_dim, c.dropout) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.num_classes)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The input sequence `[N, 1 + patches, dim]`: class token, then one token per patch, plus positions."""
+        patches = self.patch_embedding(images).flatten(2).transpose(1, 2)  # [N, patches, dim]
+        class_token = self.class_token.expand(images.shape[0], -1, -1)  # shape[0], not len(): export keeps N symbolic
+        return torch.cat([class_token, patches], dim=1) + self.positions
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
+
+
 #: The model classes a checkpoint may name, with their config types.
-MODELS: dict[str, tuple[type[nn.Module], type]] = {"MnistCNN": (MnistCNN, CNNConfig)}
+MODELS: dict[str, tuple[type[nn.Module], type]] = {"MnistCNN": (MnistCNN, CNNConfig), "MnistViT": (MnistViT, ViTConfig)}
 
 
 def build_model(config: object | None = None) -> nn.Module:

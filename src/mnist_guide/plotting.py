@@ -276,7 +276,84 @@ def plot_image_rows(
                     color = "crimson"
             if parts:
                 ax.set_title(" / ".join(parts), fontsize=9, color=color)
+
+
+def plot_attention_weights(
+    weights: Sequence[torch.Tensor], titles: Sequence[str], *, token_names: Sequence[str] | None = None
+):
+    """Draw attention-weight matrices `[queries, keys]` side by side, one panel each; returns the figure.
+
+    Row i is how query i shares its attention over the keys (each row sums to 1).
+
+    Taught in notebooks/12_transformers.ipynb.
+    """
+    if len(weights) != len(titles) or not weights:
+        raise ValueError(f"need one title per matrix, got {len(weights)} matrices and {len(titles)} titles")
+    fig, axes = plt.subplots(1, len(weights), figsize=(3.6 * len(weights) + 0.8, 3.6), squeeze=False)
+    for ax, matrix, title in zip(axes[0], weights, titles, strict=True):
+        image = ax.imshow(matrix.detach().cpu(), cmap="viridis", vmin=0, vmax=1)
+        ax.set(title=title, xlabel="key (looked at)", ylabel="query (looking)")
+        if token_names is not None:
+            ax.set_xticks(range(len(token_names)), token_names, fontsize=8)
+            ax.set_yticks(range(len(token_names)), token_names, fontsize=8)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="attention weight")
+    return fig
+
+
+def plot_attention_on_digits(
+    images: torch.Tensor, maps: torch.Tensor, *, row_titles: Sequence[str] | None = None, title: str | None = None
+):
+    """Overlay per-patch attention `[rows, N, grid, grid]` on `N` digits: one row per map set; returns the figure.
+
+    Each map is stretched over its digit (nearest patch), brighter where the class token looks more.
+
+    Taught in notebooks/12_transformers.ipynb.
+    """
+    pixels = to_pixels(images)
+    rows, count = maps.shape[0], maps.shape[1]
+    if count != len(pixels):
+        raise ValueError(f"{count} maps per row for {len(pixels)} digits")
+    fig, axes = plt.subplots(rows, count, figsize=(1.5 * count + 0.6, 1.5 * rows + 0.4), squeeze=False)
+    size = pixels.shape[-1]
+    for row in range(rows):
+        for column in range(count):
+            ax = axes[row, column]
+            grid = maps[row, column].detach().cpu()[None, None]
+            stretched = torch.nn.functional.interpolate(grid, size=(size, size), mode="nearest")[0, 0]
+            ax.imshow(pixels[column], cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(stretched, cmap="inferno", alpha=0.55, vmin=0, vmax=float(stretched.max()))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0 and row_titles is not None:
+                ax.set_ylabel(row_titles[row], fontsize=9)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_parameters(results: Sequence[dict], *, title: str | None = None):
+    """Draw test accuracy against trainable parameters (log scale), one marker per method, one colour per data size.
+
+    `results` holds dicts with keys `method`, `examples`, `trainable` and `accuracy`.
+
+    Taught in notebooks/12_transformers.ipynb.
+    """
+    if not results:
+        raise ValueError("no results to draw")
+    methods = list(dict.fromkeys(result["method"] for result in results))
+    markers = dict(zip(methods, "osD^v<>ph", strict=False))
+    sizes = sorted({result["examples"] for result in results})
+    colors = dict(zip(sizes, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    for result in results:
+        ax.scatter(result["trainable"], 100 * result["accuracy"], marker=markers[result["method"]], s=70,
+                   color=colors[result["examples"]], edgecolor="black", linewidth=0.5, zorder=3)
+    handles = [plt.Line2D([], [], marker=markers[name], linestyle="", color="gray", label=name) for name in methods]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", color=colors[size], label=f"{size} examples per class") for size in sizes]
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test accuracy (%)")
+    ax.set_title(title or "Accuracy against trainable parameters")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

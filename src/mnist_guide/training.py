@@ -16,7 +16,7 @@ from torch import nn
 
 from mnist_guide.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from mnist_guide.data import make_loaders, random_shift
-from mnist_guide.models import CNNConfig, build_model
+from mnist_guide.models import CNNConfig, ViTConfig, build_model
 from mnist_guide.runtime import artifacts_dir, atomic_write, library_versions, pick_device, seed_everything
 
 COURSE_CHECKPOINT = "mnist_cnn.pt"
@@ -182,12 +182,17 @@ class Recipe:
     max_shift: int = 1
     channels_last: bool = True
     seed: int = 0
-    model: CNNConfig = field(default_factory=CNNConfig)
+    model: CNNConfig | ViTConfig = field(default_factory=CNNConfig)
     min_beta1: float = 0.85
 
     def to_dict(self) -> dict:
         """The recipe as plain data (for checkpoints and metrics.json)."""
         return json.loads(json.dumps(asdict(self)))
+
+
+#: The ViT's recipe: a gentler peak learning rate, and no channels_last (it speeds up convolutions; the ViT has one).
+#: Taught in notebooks/12_transformers.ipynb.
+VIT_RECIPE = Recipe(max_lr=3e-3, channels_last=False, model=ViTConfig())
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -230,7 +235,7 @@ def train_course_model(
     torch.Tensor] | None = None, progress: bool = True, on_epoch_end: Callable[[int, History],
     None] | None = None
 ) -> TrainingRun:
-    """Train the course CNN with `recipe` on `data` (MNIST when `None`); with `out`, save `out/checkpoint.pt` each epoch.
+    """Train the recipe's model (the CNN, or the ViT of `VIT_RECIPE`) on `data` (MNIST when `None`); with `out`, save `out/checkpoint.pt` each epoch.
 
     `epochs` stops early (the schedule still spans `recipe.epochs`); `resume=True` continues from
     `out/checkpoint.pt`, giving the weights of one unbroken run.
