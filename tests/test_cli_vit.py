@@ -6,20 +6,21 @@ import json
 from dataclasses import asdict, replace
 
 import torch
-from small_runs import use_mnist_slice
+from small_runs import cli_on_mnist_slice
 
 from mnist_guide import cli, export, training
+from mnist_guide.checkpoint import load_checkpoint
 from mnist_guide.models import MnistViT, ViTConfig
 
 
 def test_train_vit_then_evaluate_and_export_its_checkpoint(monkeypatch, tmp_path, capsys):
-    use_mnist_slice(monkeypatch)
+    cli_on_mnist_slice(monkeypatch)
     small = replace(training.VIT_RECIPE, model=ViTConfig(dim=32, depth=1, heads=2, mlp_dim=32))
     monkeypatch.setattr(training, "VIT_RECIPE", small)
     assert cli.main(["train", "--model", "vit", "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["recipe"]["model"] == asdict(small.model) and metrics["recipe"]["max_lr"] == small.max_lr
-    model, checkpoint = training.load_checkpoint(tmp_path / "checkpoint.pt")
+    model, checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert isinstance(model, MnistViT) and checkpoint.model_config["class"] == "MnistViT"
     capsys.readouterr()
 

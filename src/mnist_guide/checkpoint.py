@@ -102,9 +102,10 @@ def load_checkpoint(
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path}: holds a model this course cannot build ({stored}: {error}).") from None
     elif model_config(model) != stored:
+        given = model_config(model)
         raise CheckpointError(
-            f"{path}: holds a {stored.get('class')} with config {stored}, but the model given has config "
-            f"{model_config(model)}. Build the model from the checkpoint (load_checkpoint(path)) or load a checkpoint of this model."
+            f"{path}: holds a {stored.get('class')} with config {stored}, but the model given is a {given['class']} with "
+            f"config {given}. Build the model from the checkpoint (load_checkpoint(path)) or load a checkpoint of this model."
         )
     for name, wanted, state in (("optimizer", optimizer, checkpoint.optimizer_state),
                                 ("scheduler", scheduler, checkpoint.scheduler_state)):

@@ -74,12 +74,7 @@ class MnistCNN(nn.Module):
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """The shape of `MnistViT`: patch size, width, depth, heads, MLP width, dropout.
-
-    7 x 7 patches cut a 28 x 28 digit into 16 tokens; with the class token the sequence is 17 long.
-
-    Taught in notebooks/12_transformers.ipynb.
-    """
+    """The shape of `MnistViT`: 7 x 7 patches cut a digit into 16 tokens (17 with the class token), width, depth, heads."""
 
     patch_size: int = 7
     dim: int = 64
@@ -187,7 +182,10 @@ def build_model(config: object | None = None) -> nn.Module:
     """
     if isinstance(config, dict):
         values = dict(config)
-        model_class, config_class = MODELS[values.pop("class", "MnistCNN")]
+        name = values.pop("class", "MnistCNN")
+        if name not in MODELS:
+            raise ValueError(f"cannot build a {name}: the course builds {', '.join(MODELS)}")
+        model_class, config_class = MODELS[name]
         return model_class(config_class(**values))
     for model_class, config_class in MODELS.values():
         if isinstance(config, config_class):
