@@ -100,7 +100,8 @@ def load_checkpoint(
         try:
             model = build_model(stored)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: holds a model this course cannot build ({stored}: {error}).") from None
+            raise CheckpointError(f"{path}: holds a {stored.get('class', 'model')} this course cannot build "
+                                  f"(config {stored}: {error}).") from None
     elif model_config(model) != stored:
         given = model_config(model)
         raise CheckpointError(
