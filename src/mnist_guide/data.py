@@ -179,6 +179,10 @@ def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], to
     return shift
 
 
+#: Both splits held in memory: (train images, train labels, test images, test labels).
+MnistSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class TensorLoader:
     """Batches sliced from tensors in memory: a `DataLoader` without per-sample work.
 
@@ -220,9 +224,9 @@ class TensorLoader:
 
 
 def make_loaders(
-    batch_size: int = 256, *, test_batch_size: int = 1000, data: tuple[torch.Tensor, torch.Tensor,
-    torch.Tensor, torch.Tensor] | None = None, seed: int = 0, device: torch.device | str | None = None,
-    drop_last: bool = False, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    batch_size: int = 256, *, test_batch_size: int = 1000, data: MnistSplits | None = None, seed: int = 0,
+    device: torch.device | str | None = None, drop_last: bool = False,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 ) -> tuple[TensorLoader, TensorLoader]:
     """`(train_loader, test_loader)` over `data` = (train images, labels, test images, labels), MNIST when `None`.
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from mnist_guide.checkpoint import save_checkpoint
-from mnist_guide.data import TensorLoader, mnist_tensors, shift_images
+from mnist_guide.data import MnistSplits, TensorLoader, mnist_tensors, shift_images
 from mnist_guide.models import build_model
 from mnist_guide.runtime import free_port, pick_device
 from mnist_guide.training import History, Recipe, evaluate, make_optimizer, make_scheduler, train_one_epoch
@@ -171,6 +171,7 @@ def _log_steps(batches: Iterator, optimizer: torch.optim.Optimizer, first: int, 
 @dataclass
 class DistributedRun:
     """What `train` returns on every rank: the trained model (whole on rank 0), its history, steps and seconds."""
+
     model: nn.Module
     history: History
     world: World
@@ -181,8 +182,8 @@ class DistributedRun:
 
 def train(
     recipe: DistributedRecipe | None = None, *, out: str | Path | None = None,
-    device: str | torch.device | None = None, strategy: str = "ddp", data: tuple[torch.Tensor, torch.Tensor,
-    torch.Tensor, torch.Tensor] | None = None, evaluate_each_epoch: bool = True, log_every: int = 50
+    device: str | torch.device | None = None, strategy: str = "ddp", data: MnistSplits | None = None,
+    evaluate_each_epoch: bool = True, log_every: int = 50
 ) -> DistributedRun:
     """Train with `recipe` on every process of the group (or alone), with `training.train_one_epoch`; rank 0 writes `out/checkpoint.pt`.
 

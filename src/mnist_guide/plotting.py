@@ -238,8 +238,9 @@ def plot_convolution_step(
 
 
 def plot_image_rows(
-    rows: dict[str, Sequence], labels: Sequence[int] | torch.Tensor | None = None, predictions: dict[str,
-    Sequence[int] | torch.Tensor] | None = None, *, title: str | None = None, cell_size: float = 1.3
+    rows: dict[str, Sequence], labels: Sequence[int] | torch.Tensor | None = None,
+    predictions: dict[str, Sequence[int] | torch.Tensor] | None = None, *, title: str | None = None,
+    cell_size: float = 1.3
 ):
     """Draw one row of images per entry of `rows`, any sizes, as their pixels really are; returns the figure.
 

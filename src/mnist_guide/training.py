@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_guide.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from mnist_guide.data import make_loaders, random_shift
+from mnist_guide.data import MnistSplits, make_loaders, random_shift
 from mnist_guide.models import CNNConfig, ViTConfig, build_model
 from mnist_guide.runtime import artifacts_dir, atomic_write, library_versions, pick_device, seed_everything
 
@@ -231,9 +231,8 @@ class TrainingRun:
 
 def train_course_model(
     recipe: Recipe | None = None, *, device: torch.device | str | None = None, out: str | Path | None = None,
-    epochs: int | None = None, resume: bool = False, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-    torch.Tensor] | None = None, progress: bool = True, on_epoch_end: Callable[[int, History],
-    None] | None = None
+    epochs: int | None = None, resume: bool = False, data: MnistSplits | None = None, progress: bool = True,
+    on_epoch_end: Callable[[int, History], None] | None = None
 ) -> TrainingRun:
     """Train the recipe's model (the CNN, or the ViT of `VIT_RECIPE`) on `data` (MNIST when `None`); with `out`, save `out/checkpoint.pt` each epoch.
 
