@@ -64,6 +64,19 @@ def test_train_writes_a_checkpoint_and_metrics(monkeypatch, tmp_path, capsys):
     assert checkpoint.history["test_accuracy"] == [metrics["test_accuracy"]]
 
 
+@pytest.mark.parametrize(("flags", "expected"), [([], "RECORD_RECIPE"), (["--recipe", "course"], "Recipe")])
+def test_train_uses_the_record_recipe_unless_told(flags, expected, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from mnist_guide import training
+
+    cli_on_mnist_slice(monkeypatch)
+    assert cli.main(["train", *flags, "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    recipe = getattr(training, expected) if expected == "RECORD_RECIPE" else training.Recipe()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["recipe"] == replace(recipe, epochs=1).to_dict()
+
+
 def test_train_resume_continues_where_it_stopped(monkeypatch, tmp_path, capsys):
     cli_on_mnist_slice(monkeypatch)
     assert cli.main(["train", "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0

@@ -38,13 +38,14 @@ def _writable_folder(out: Path) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from mnist_guide.training import VIT_RECIPE, Recipe, train_course_model, write_metrics
+    from mnist_guide.training import RECORD_RECIPE, VIT_RECIPE, Recipe, train_course_model, write_metrics
 
     out = Path(args.out)
     _writable_folder(out)
     if (out / "checkpoint.pt").exists() and not (args.resume or args.force):
         raise UsageError(f"--out {out}: holds a run already; add --resume to continue it or --force to replace it")
-    recipe = replace(VIT_RECIPE if args.model == "vit" else Recipe(), **{key: getattr(args, key) for key in ("epochs", "seed") if getattr(args, key) is not None})
+    base = VIT_RECIPE if args.model == "vit" else RECORD_RECIPE if args.recipe == "record" else Recipe()
+    recipe = replace(base, **{key: getattr(args, key) for key in ("epochs", "seed") if getattr(args, key) is not None})
 
     def report(epoch: int, history) -> None:
         if not args.quiet:
@@ -141,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the course CNN (or the ViT) and write checkpoint.pt and metrics.json")
     train.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
     train.add_argument("--model", choices=["cnn", "vit"], default="cnn", help="the course CNN (default) or the Vision Transformer")
-    train.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the course recipe's)")
+    train.add_argument("--recipe", choices=["record", "course"], default="record",
+                       help="the CNN's recipe: record (default: longer, for the best accuracy) or course (the notebook's, shorter)")
+    train.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's)")
     train.add_argument("--seed", type=int_range(0, 2**32 - 1), default=None, help="random seed (default: 0)")
     train.add_argument("--device", default=None, help=device_help)
     run = train.add_mutually_exclusive_group()
