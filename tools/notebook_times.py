@@ -74,7 +74,7 @@ def update_readme(paths: list[Path]) -> None:
     for path in paths:
         cell = readme_cell(json.loads(path.read_text()))
         row = re.compile(rf"^(\| \[{re.escape(path.stem)}\]\(notebooks/{re.escape(path.name)}\) \|.*\| )[^|]*( \|)$", re.MULTILINE)
-        text, count = row.subn(lambda m: m.group(1) + cell + m.group(2), text)
+        text, count = row.subn(lambda m, cell=cell: m.group(1) + cell + m.group(2), text)
         if count != 1:
             raise ValueError(f"README.md: no table row for {path.name}")
     README.write_text(text)
