@@ -228,9 +228,9 @@ def test_exported_files_are_written_with_their_manifest_and_mode_0644(exported_f
 
 def test_unknown_format_is_refused(model, tmp_path):
     with pytest.raises(export.ExportError, match="unknown format"):
-        export.export_model(model, "onnx", tmp_path / "m.onnx")
+        export.export_model(model, "tflite", tmp_path / "m.tflite")
     with pytest.raises(export.ExportError, match="unknown format"):
-        export.load_deployed(tmp_path / "m.pt", format="onnx")
+        export.load_deployed(tmp_path / "m.pt", format="tflite")
 
 
 def test_a_full_disk_keeps_the_previous_file_and_its_manifest(model, tmp_path, monkeypatch):
@@ -256,12 +256,111 @@ def test_cli_export_errors_are_short_messages(tmp_path, capsys):
     assert code == 2
     assert "no such checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["export", "--checkpoint", "x.pt", "--format", "onnx", "--out", "m.onnx"])
+        cli.main(["export", "--checkpoint", "x.pt", "--format", "tflite", "--out", "m.tflite"])
 
 
 def test_compile_aoti_wants_a_pt2_name(model, tmp_path):
     with pytest.raises(ValueError, match=".pt2"):
         export.compile_aoti(export.export_program(export.make_deployable(model)), tmp_path / "model.so")
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX, run with ONNX Runtime
+
+
+@pytest.fixture(scope="module")
+def onnx_file(course_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The course model as ONNX, written by `mnist-guide export --format onnx` (a few seconds)."""
+    out = tmp_path_factory.mktemp("onnx") / "mnist_cnn.onnx"
+    assert cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_onnx_file_passes_the_checker_and_keeps_a_dynamic_batch(onnx_file):
+    import onnx
+
+    model = onnx.load(onnx_file)
+    onnx.checker.check_model(model, full_check=True)
+    (graph_input,) = model.graph.input
+    assert graph_input.name == "pixels" and [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [
+        "batch", 1, 28, 28]
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}, "only ONNX's own operators"
+    assert export.manifest_path(onnx_file).read_text().split() == [hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
+                                                                   onnx_file.name]
+    assert onnx_file.stat().st_mode & 0o777 == 0o644
+
+
+def test_onnx_runtime_runs_the_file_at_any_batch_and_refuses_other_shapes(onnx_file, model):
+    assert export.detect_format(onnx_file) == "onnx"
+    loaded = export.load_onnx(onnx_file)
+    assert loaded.format == "onnx" and isinstance(loaded.module, export.OnnxRuntimeModel)
+    deployable = export.make_deployable(model)
+    with torch.inference_mode():
+        for batch_size in (1, 7, 300):
+            pixels = export.example_pixels(batch_size)
+            logits = loaded(pixels)
+            assert isinstance(logits, torch.Tensor) and logits.shape == (batch_size, 10)
+            torch.testing.assert_close(logits, deployable(pixels), atol=export.PARITY_TOLERANCE, rtol=0)
+    with pytest.raises(Exception, match="28"):
+        loaded(torch.rand(2, 1, 32, 32))
+
+
+def test_onnx_matches_eager_on_the_whole_test_set(onnx_file, model, test_pixels):
+    reports = export.check_parity(export.make_deployable(model), {"onnx": export.load_onnx(onnx_file)}, *test_pixels)
+    assert reports[0].ok and reports[0].same_predictions == reports[0].count == 10_000, export.format_parity(reports, True)
+
+
+def test_a_damaged_onnx_file_is_refused_with_one_line(onnx_file, tmp_path):
+    flipped = _copy(onnx_file, tmp_path / "flipped.onnx")
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x04  # one bit in a weight: ONNX has no checksum of its own, the manifest catches it
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(export.ExportError, match="SHA-256 differs") as caught:
+        export.load_deployed(flipped)
+    assert "\n" not in str(caught.value)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(onnx_file.read_bytes()[:5000])
+    with pytest.raises(export.ExportError, match="not a valid ONNX model") as caught:
+        export.load_deployed(truncated, trust=True)
+    assert "\n" not in str(caught.value)
+    stranger = _copy(onnx_file, tmp_path / "stranger.onnx", manifest=False)
+    with pytest.raises(export.ExportError, match="no stranger.onnx.sha256 beside it"):
+        export.load_onnx(stranger)
+    assert export.load_onnx(stranger, trust=True).format == "onnx"
+
+
+@pytest.mark.parametrize("how", ["external weights", "custom operator"])
+def test_an_onnx_file_reaching_beyond_itself_is_refused_even_when_trusted(onnx_file, tmp_path, how):
+    import onnx
+
+    model = onnx.load(onnx_file)
+    if how == "external weights":
+        weight = model.graph.initializer[0]
+        weight.ClearField("raw_data")
+        weight.data_location = onnx.TensorProto.EXTERNAL
+        weight.external_data.add(key="location", value="../../../etc/passwd")
+        message = "outside it"
+    else:
+        model.graph.node[0].domain = "com.example.custom"
+        message = "beyond ONNX's own"
+    hostile = tmp_path / "hostile.onnx"
+    hostile.write_bytes(model.SerializeToString())
+    export.write_manifest(hostile)
+    for trust in (False, True):
+        with pytest.raises(export.ExportError, match=message):
+            export.load_deployed(hostile, trust=trust)
+
+
+def test_cli_export_onnx_wants_an_onnx_name(course_checkpoint, tmp_path, capsys):
+    code = cli.main(["export", "--checkpoint", str(course_checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.pt")])
+    assert code == 2 and "must end in .onnx" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_a_missing_onnx_package_is_explained(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now raises ImportError
+    with pytest.raises(export.ExportError, match=r"pip install 'mnist-guide\[onnx\]'"):
+        export.export_onnx(export.make_deployable(model), tmp_path / "m.onnx")
 
 
 # --------------------------------------------------------------------------------------------

@@ -201,6 +201,27 @@ def test_a_model_that_is_not_a_digit_classifier_never_starts(tmp_path, module, m
         serve.create_app(path)
 
 
+def test_an_onnx_model_that_answers_nan_never_starts(tmp_path):
+    path = export.export_onnx(_NaN().eval(), tmp_path / "model.onnx")
+    with pytest.raises(export.ExportError, match="NaN"):
+        serve.create_app(path)
+
+
+def test_the_server_serves_an_onnx_file_with_onnx_runtime(course_checkpoint, tmp_path, digits, expected_digits):
+    path = export.export_model(load_checkpoint(course_checkpoint)[0], "onnx", tmp_path / "mnist_cnn.onnx")
+    with serve.ServerProcess.start(path) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        assert client.get("/health").json() == {"status": "ok", "model": "mnist_cnn.onnx", "format": "onnx",
+                                                "input": "float32 [N, 1, 28, 28] pixels in [0, 1], white digit on black",
+                                                "output": "logits [N, 10]"}
+        answers = [client.post("/predict", json={"pixels": image.tolist()}) for image in digits[0][:8]]
+        assert [answer.status_code for answer in answers] == [200] * 8
+        assert [answer.json()["digit"] for answer in answers] == expected_digits[:8]
+        assert client.post("/predict", json={"pixels": [[0] * 28] * 27}).status_code == 422
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(RuntimeError, match="SHA-256 differs"):
+        serve.ServerProcess.start(path)
+
+
 def test_a_client_that_goes_away_mid_body_is_one_log_line(server):
     import socket
     import time

@@ -106,6 +106,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model, _ = load_checkpoint(args.checkpoint)
     if Path(args.out).is_dir():
         raise UsageError(f"--out {args.out}: is a folder; name the file to write")
+    if args.format == "onnx" and Path(args.out).suffix != ".onnx":
+        raise UsageError(f"--out {args.out}: an ONNX file must end in .onnx (that is how `serve` recognises it)")
     if args.format == "aoti":
         print("compiling with AOTInductor (about 30 s on a laptop CPU) ...", file=sys.stderr, flush=True)
     out = export.export_model(model, args.format, args.out)
@@ -177,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=1000, help="test images per batch (default: 1000)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    export = commands.add_parser("export", help="write the model as TorchScript, a torch.export program or an AOTInductor package")
+    export = commands.add_parser("export", help="write the model as TorchScript, a torch.export program, an AOTInductor package or ONNX")
     export.add_argument("--checkpoint", required=True, help="a checkpoint file (artifacts/mnist_cnn.pt, or OUT/checkpoint.pt)")
-    export.add_argument("--format", required=True, choices=["torchscript", "export", "aoti"], help="torchscript (.pt), export or aoti (.pt2)")
+    export.add_argument("--format", required=True, choices=["torchscript", "export", "aoti", "onnx"],
+                        help="torchscript (.pt), export or aoti (.pt2), onnx (.onnx, run with ONNX Runtime)")
     export.add_argument("--out", required=True, help="the file to write")
     export.set_defaults(handler=_cmd_export)
 

@@ -1,4 +1,4 @@
-"""The trained model in deployable forms: TorchScript, torch.export, AOTInductor; parity; a C++ classifier.
+"""The trained model in deployable forms: TorchScript, torch.export, AOTInductor, ONNX; parity; a C++ classifier.
 
 Every form takes float32 `[N, 1, 28, 28]` pixels in [0, 1] (what `ToTensor()` gives) and returns
 logits `[N, 10]`: the normalisation lives inside the module, so a client needs no constants.
@@ -29,7 +29,10 @@ from mnist_guide.data import MNIST_MEAN, MNIST_STD
 from mnist_guide.runtime import artifacts_dir, atomic_write
 
 #: The file formats `export_model` writes and `load_deployed` reads.
-FORMATS = ("torchscript", "export", "aoti")
+FORMATS = ("torchscript", "export", "aoti", "onnx")
+
+#: The operator sets an ONNX file may use: ONNX's own and ONNX Runtime's built-in ones (no custom operators).
+ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 #: The largest absolute difference in logits allowed between an exported form and the eager model.
 PARITY_TOLERANCE = 1e-4
@@ -207,8 +210,87 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Pat
     return path
 
 
+def _require(*modules: str) -> None:
+    """Import the optional packages ONNX needs, or say which to install."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ExportError(f"the ONNX form needs the package {name}: pip install 'mnist-guide[onnx]'") from None
+
+
+def export_onnx(module: nn.Module, path: str | Path, example: torch.Tensor | None = None) -> Path:
+    """Export the module to ONNX (`torch.onnx.export(..., dynamo=True)`, a dynamic batch dimension), check
+    the graph with `onnx.checker`, and write it atomically with its SHA-256 manifest; returns the path.
+
+    Taught in notebooks/09_deployment.ipynb.
+    """
+    _require("onnx", "onnxscript")
+    import onnx
+
+    if module.training:
+        raise ValueError("the module is in training mode: call .eval() before exporting it")
+    example = example if example is not None else example_pixels(2)
+    program = torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=["pixels"],
+                                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model = program.model_proto
+    onnx.checker.check_model(model, full_check=True)
+    return _write_model_file(path, lambda buffer: buffer.write(model.SerializeToString()))
+
+
+class OnnxRuntimeModel:
+    """An ONNX file run by ONNX Runtime on the CPU: call it on a float32 tensor `[N, 1, 28, 28]`, get a tensor of logits.
+
+    Taught in notebooks/09_deployment.ipynb.
+    """
+
+    def __init__(self, model_bytes: bytes, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()  # the same cores as PyTorch's
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        self.session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        array = pixels.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run([self.output], {self.input: array})[0])
+
+
+def _load_onnx_file(path: Path) -> OnnxRuntimeModel:
+    """Parse and check an ONNX file, refuse what could reach outside it, and open it in ONNX Runtime."""
+    _require("onnx", "onnxruntime")
+    import onnx
+
+    data = path.read_bytes()
+
+    def refuse(error: Exception) -> ExportError:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return ExportError(f"{path}: not a valid ONNX model ({first_line[:200]}); export it again.")
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as error:  # protobuf's DecodeError: a damaged or foreign file
+        raise refuse(error) from None
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer):
+        raise ExportError(f"{path}: its weights point to files outside it; refused (export it again as one file)")
+    foreign = sorted({node.domain for node in model.graph.node} - set(ONNX_DOMAINS))
+    if foreign or model.functions:
+        raise ExportError(f"{path}: uses operators beyond ONNX's own ({', '.join(foreign) or 'local functions'}); refused")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:  # onnx's ValidationError
+        raise refuse(error) from None
+    return OnnxRuntimeModel(data)
+
+
 def detect_format(path: str | Path) -> str:
-    """Say which of `FORMATS` a model file holds, from the names inside its zip archive."""
+    """Say which of `FORMATS` a model file holds, from the names inside its zip archive (or `.onnx`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file. Write one with `mnist-guide export`.")
@@ -216,6 +298,8 @@ def detect_format(path: str | Path) -> str:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as error:
+        if path.suffix == ".onnx":  # an ONNX file is a protobuf message, not a zip archive
+            return "onnx"
         raise ExportError(f"{path}: not a model archive ({error}). Write one with `mnist-guide export`.") from error
     if any("/data/aotinductor/" in name for name in names):
         return "aoti"
@@ -239,10 +323,11 @@ class DeployedModel:
 
 
 def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = False) -> DeployedModel:
-    """Load a TorchScript file, a `torch.export` program or an AOTInductor package, whichever `path` holds.
+    """Load a TorchScript file, a `torch.export` program, an AOTInductor package or an ONNX file, whichever `path` holds.
 
     Model files are code: the file must match the SHA-256 that `export` recorded beside it (unless
-    `trust=True`), its zip CRCs must hold, and a `.pt2` holding pickles is refused.
+    `trust=True`), its zip CRCs must hold, a `.pt2` holding pickles is refused, and so is an ONNX
+    file with external weights or custom operators.
 
     Taught in notebooks/09_deployment.ipynb.
     """
@@ -250,7 +335,8 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
     format = format or detect_format(path)
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
-    check_zip(path, ExportError)
+    if format != "onnx":
+        check_zip(path, ExportError)
     if not trust:
         _check_manifest(path)
     if format == "export":
@@ -263,13 +349,25 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
             module.eval()
         elif format == "export":
             module = torch.export.load(str(path)).module()
+        elif format == "onnx":
+            module = _load_onnx_file(path)
         else:
             with _quiet_cpp_extension_log():
                 module = torch._inductor.aoti_load_package(str(path))
-    except (RuntimeError, ValueError, KeyError, OSError) as error:
+    except ExportError:
+        raise
+    except Exception as error:  # torch's and ONNX Runtime's own errors: the file cannot serve
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ExportError(f"{path}: could not load it as {format} ({first_line}).") from error
     return DeployedModel(path, format, module)
+
+
+def load_onnx(path: str | Path, *, trust: bool = False) -> DeployedModel:
+    """Load an ONNX file into ONNX Runtime (CPU), with `load_deployed`'s checks; call it on a pixel tensor.
+
+    Taught in notebooks/09_deployment.ipynb.
+    """
+    return load_deployed(path, "onnx", trust=trust)
 
 
 def export_model(model: nn.Module, format: str, out: str | Path) -> Path:
@@ -279,6 +377,8 @@ def export_model(model: nn.Module, format: str, out: str | Path) -> Path:
     deployable = make_deployable(model)
     if format == "torchscript":
         return save_torchscript(to_torchscript(deployable), out)
+    if format == "onnx":
+        return export_onnx(deployable, out)
     program = export_program(deployable)
     if format == "export":
         return save_program(program, out)
@@ -360,7 +460,8 @@ def format_parity(reports: Sequence[ParityReport], show_difference: bool = False
 
 
 def pgm_bytes(image: torch.Tensor) -> bytes:
-    """Encode a `[28, 28]` uint8 image as a binary PGM (`P5`), the C++ classifier's input format.
+    """Encode a `[28, 28]` uint8 image as a binary PGM, the C++ classifier's input format: a text header
+    (`P5`, width, height, 255, each followed by a newline: 13 bytes for 28 x 28), then the grey levels row by row.
 
     Taught in notebooks/09_deployment.ipynb.
     """

@@ -7,7 +7,8 @@ from torch import nn
 
 
 def pgm_bytes(image: torch.Tensor) -> bytes:
-    """Exercise 1: a `[28, 28]` uint8 image as a binary PGM: the text header `P5 28 28 255`, then the grey levels."""
+    """Exercise 1: a `[28, 28]` uint8 image as a binary PGM: the 13-byte header `P5 28 28 255` (a newline after
+    each), then the 784 grey levels."""
     height, width = image.shape
     return f"P5\n{width} {height}\n255\n".encode("ascii") + bytes(image.flatten().tolist())
 
