@@ -68,6 +68,8 @@ def test_make_deployable_leaves_the_original_untouched(model):
     assert not deployable.training
     assert deployable.model is not model
     assert all(p.device.type == "cpu" for p in deployable.parameters())
+    convolutions = [p for p in deployable.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions), "channels_last kept"
 
 
 def test_trace_freezes_a_branch_that_script_keeps():

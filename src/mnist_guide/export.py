@@ -66,9 +66,12 @@ class DeployableMnist(nn.Module):
 def make_deployable(model: nn.Module) -> DeployableMnist:
     """Wrap a copy of `model` (on the CPU, in eval mode) with the normalisation; the original is untouched.
 
+    Convolution weights stay channels_last, the layout the CPU's convolution kernels run fastest
+    (`benchmarks/inference.py` measures it); every exported form keeps it.
+
     Taught in notebooks/09_deployment.ipynb.
     """
-    model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
+    model = copy.deepcopy(model).to("cpu", memory_format=torch.channels_last)
     return DeployableMnist(model).eval()
 
 
