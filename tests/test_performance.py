@@ -1,8 +1,9 @@
-"""Tests for mnist_guide.performance (and the figures and exercise solutions of notebook 09)."""
+"""Tests for mnist_guide.performance (and the figures and exercise solutions of notebook 10)."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import matplotlib.pyplot as plt
 import pytest
@@ -14,9 +15,14 @@ from mnist_guide import performance
 from mnist_guide.models import MnistCNN
 from mnist_guide.performance import (
     Int8Linear,
+    MachineLoad,
     OperatorStat,
+    busy_processes,
     compare_seconds,
+    cpu_seconds_from_proc_stat,
     format_operator_table,
+    load_report,
+    machine_load,
     median_seconds,
     model_size_bytes,
     num_threads,
@@ -54,6 +60,88 @@ def test_compare_seconds_takes_turns_and_returns_each_median(monkeypatch):
     result = compare_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
     assert order == ["a", "b"] * 4
     assert result == {"a": 1.5, "b": 2.0}  # a: 1, 2, 1.5 -> 1.5; b: 3, 1, 2 -> 2
+
+
+# --- how busy the machine is ------------------------------------------------------------------
+
+PROC_STAT = """cpu  300 0 100 1600 0 0 0 0 0 0
+cpu0 100 0 50 800 0 0 0 0 0 0
+cpu1 200 0 50 800 0 0 0 0 0 0
+intr 12345 0 0
+ctxt 6789
+"""
+
+
+def test_cpu_seconds_from_proc_stat_sums_the_listed_cpus():
+    assert cpu_seconds_from_proc_stat(PROC_STAT) == (4.0, 20.0)  # 400 busy of 2000 ticks, 100 ticks a second
+    assert cpu_seconds_from_proc_stat(PROC_STAT, cpus=[1]) == (2.5, 10.5)
+    busy, total = cpu_seconds_from_proc_stat("cpu0 10 20 30 40 50 60 70 80 90 100\n", ticks_per_second=10)
+    assert busy == (10 + 20 + 30 + 60 + 70 + 80) / 10, "user, nice, system, irq, softirq and steal; guest is inside user"
+    assert total == busy + (40 + 50) / 10, "idle and iowait count in the total only"
+
+
+def fake_proc_stat(busy_ticks: int, idle_ticks: int) -> str:
+    """A /proc/stat whose cpus (those this process may run on) each show the given ticks."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return "".join(f"cpu{cpu} {busy_ticks} 0 0 {idle_ticks} 0 0 0 0 0 0\n" for cpu in cpus)
+
+
+@pytest.mark.skipif(not hasattr(os, "sysconf"), reason="reads the clock tick rate with os.sysconf")
+def test_machine_load_counts_the_busy_time_of_others_not_its_own(tmp_path, monkeypatch):
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    stat.write_text(fake_proc_stat(0, 0))
+    cores = len(fake_proc_stat(0, 0).splitlines())
+    own = iter([10.0, 10.0 + 0.25 * cores])  # this process used a quarter of every core
+
+    def one_second_passes(seconds):
+        stat.write_text(fake_proc_stat(busy_ticks=ticks * 3 // 4, idle_ticks=ticks // 4))  # every core 75 % busy
+
+    monkeypatch.setattr(performance.time, "sleep", one_second_passes)
+    monkeypatch.setattr(performance.time, "process_time", lambda: next(own))
+    load = machine_load(1.0, stat_path=stat)
+    assert load.method == "/proc/stat" and load.cores == cores
+    assert math.isclose(load.others_cores, 0.5 * cores), "75 % busy, of which 25 % was this process: 50 % others"
+
+
+def test_machine_load_without_proc_stat_falls_back_to_thread_scaling(tmp_path):
+    load = machine_load(0.0, stat_path=tmp_path / "missing")
+    assert load.method != "/proc/stat"
+    assert math.isnan(load.others_cores) or 0.0 <= load.others_cores <= load.cores
+
+
+def test_machine_load_on_this_machine_is_within_its_cores():
+    load = machine_load(0.05)
+    assert 0.0 <= load.others_cores <= load.cores
+
+
+def test_busy_compares_the_free_cores_with_the_threads_wanted():
+    assert not MachineLoad(0.1, 2, "test").busy(threads=2)
+    assert MachineLoad(1.0, 2, "test").busy(threads=2)
+    assert not MachineLoad(1.0, 2, "test").busy(threads=1), "one free core is enough for one thread"
+    assert not MachineLoad(1.0, 8, "test").busy(threads=4)
+    assert not MachineLoad(math.nan, 1, "not measured").busy(threads=1)
+
+
+def test_load_report_warns_only_when_busy():
+    assert load_report(MachineLoad(0.03, 2, "/proc/stat"), threads=2).startswith("machine idle: ")
+    warning = load_report(MachineLoad(1.02, 2, "/proc/stat"), threads=2)
+    assert warning.startswith("WARNING: ") and "1.02 of this machine's 2 cores" in warning
+    assert "cannot be trusted" in warning
+    assert "WARNING" not in load_report(MachineLoad(math.nan, 1, "not measured: one core"))
+
+
+def test_busy_processes_spin_during_the_body_and_stop_after():
+    with busy_processes(2) as processes:
+        assert len(processes) == 2
+        assert all(process.poll() is None for process in processes), "running inside the block"
+    assert all(process.poll() is not None for process in processes), "stopped after it"
+
+
+def test_busy_processes_stop_after_an_error():
+    with pytest.raises(RuntimeError, match="boom"), busy_processes() as processes:
+        raise RuntimeError("boom")
+    assert all(process.poll() is not None for process in processes)
 
 
 # --- threads ----------------------------------------------------------------------------------
@@ -97,6 +185,30 @@ def test_top_operators_ranks_by_self_time_with_shares(small_profile):
     everything = top_operators(small_profile, 10_000)
     assert math.isclose(sum(s.share for s in everything), 1.0, rel_tol=1e-6)
     assert any("addmm" in s.name or "mm" in s.name for s in everything)
+
+
+def test_top_operators_within_a_label_keeps_the_operators_run_inside_it():
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    net = nn.Linear(64, 10)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    batch = torch.randn(32, 64)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            with record_function("forward"):
+                loss = net(batch).sum()
+            loss.backward()
+            with record_function("optimizer"):
+                optimizer.step()
+    everything = top_operators(prof, 10_000)
+    inside = top_operators(prof, 10_000, within="optimizer")
+    names = {stat.name for stat in inside}
+    assert "optimizer" in names and not any("addmm" in name for name in names)
+    assert any("sqrt" in name or "_foreach" in name for name in names), "Adam's element-wise work is inside"
+    assert 0 < sum(stat.share for stat in inside) < sum(stat.share for stat in everything)
+    forward = top_operators(prof, 10_000, within="forward")
+    assert any("addmm" in stat.name or "mm" in stat.name for stat in forward)
+    assert top_operators(prof, 10_000, within="no such label") == []
 
 
 def test_format_operator_table_aligns_name_calls_milliseconds_and_share():

@@ -1,4 +1,5 @@
-"""Measure and shrink a model: honest timings, thread counts, profiler tables, size, int8 Linear layers.
+"""Measure and shrink a model: honest timings, how busy the machine is, thread counts, profiler tables,
+size, int8 Linear layers.
 
 Nothing here decides what is fast: it measures, and the notebook compares ratios measured in
 the same run.
@@ -8,11 +9,16 @@ from __future__ import annotations
 
 import copy
 import io
+import math
+import os
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +93,129 @@ def num_threads(count: int) -> Iterator[int]:
 
 
 # --------------------------------------------------------------------------------------------
+# How busy is the machine?
+
+_FREE_CORES_SLACK = 0.25  # background noise allowed before timings count as disturbed, in cores
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """CPU time other programs took while it was measured, in cores (1.0 = one core kept busy), of `cores`.
+
+    Taught in notebooks/10_pytorch2_performance.ipynb.
+    """
+
+    others_cores: float
+    cores: int
+    method: str
+
+    def busy(self, threads: int | None = None) -> bool:
+        """Whether the others left fewer free cores than `threads` (default: torch's thread count) need."""
+        wanted = min(torch.get_num_threads() if threads is None else threads, self.cores)
+        return self.cores - self.others_cores < wanted - _FREE_CORES_SLACK  # False when not measured (NaN)
+
+
+def cpu_seconds_from_proc_stat(
+    text: str, cpus: Collection[int] | None = None, ticks_per_second: float = 100.0
+) -> tuple[float, float]:
+    """(busy, total) CPU seconds since boot of the listed `cpus` (all when None), read from `/proc/stat`'s text.
+
+    Taught in notebooks/10_pytorch2_performance.ipynb.
+    """
+    busy = total = 0.0
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or (cpus is not None and int(name[3:]) not in cpus):
+            continue
+        user, nice, system, idle, iowait, irq, softirq, steal = (float(f) for f in (fields + ["0"] * 8)[:8])
+        busy += user + nice + system + irq + softirq + steal  # guest time is already inside user and nice
+        total += user + nice + system + irq + softirq + steal + idle + iowait
+    return busy / ticks_per_second, total / ticks_per_second
+
+
+def machine_load(seconds: float = 1.0, *, stat_path: str | Path = "/proc/stat") -> MachineLoad:
+    """How much CPU other programs use over `seconds`: busy time from /proc/stat (Linux) less this process's own;
+    elsewhere, roughly, from how far a matrix product falls short of scaling from 1 thread to all.
+
+    Taught in notebooks/10_pytorch2_performance.ipynb.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+    try:
+        busy_before, total_before = cpu_seconds_from_proc_stat(Path(stat_path).read_text(), cpus, ticks)
+        own_before = time.process_time()
+        time.sleep(seconds)
+        busy_after, total_after = cpu_seconds_from_proc_stat(Path(stat_path).read_text(), cpus, ticks)
+        own = time.process_time() - own_before
+    except (OSError, ValueError):
+        return _load_from_thread_scaling()
+    cores = len(cpus) if cpus is not None else os.cpu_count() or 1
+    elapsed = (total_after - total_before) / cores or seconds
+    others = (busy_after - busy_before - own) / elapsed
+    return MachineLoad(min(max(others, 0.0), float(cores)), cores, "/proc/stat")
+
+
+def _load_from_thread_scaling() -> MachineLoad:
+    """Cores lost to others, estimated as threads minus the speed-up of a matrix product on those threads over 1."""
+    cores = os.cpu_count() or 1
+    threads = min(max(torch.get_num_threads(), 2), cores)
+    if threads < 2:
+        return MachineLoad(math.nan, cores, "not measured: one core")
+    a = torch.randn(384, 384)
+
+    def product_on(count: int) -> Callable[[], None]:
+        def run() -> None:
+            with num_threads(count):
+                for _ in range(4):
+                    a @ a
+
+        return run
+
+    seconds = compare_seconds({1: product_on(1), threads: product_on(threads)}, repeats=5)
+    lost = threads - seconds[1] / seconds[threads]
+    method = f"matrix product, {threads} threads vs 1 (rough)"
+    return MachineLoad(min(max(lost, 0.0), float(cores)), cores, method)
+
+
+def load_report(load: MachineLoad, threads: int | None = None) -> str:
+    """One line for the top of a timing section: the load, or a WARNING that the timings cannot be trusted.
+
+    Taught in notebooks/10_pytorch2_performance.ipynb.
+    """
+    if math.isnan(load.others_cores):
+        return f"machine load {load.method}: judge the timings below with care"
+    used = f"other programs used {load.others_cores:.2f} of this machine's {load.cores} cores ({load.method})"
+    if load.busy(threads):
+        return (
+            f"WARNING: {used}. The timings below cannot be trusted: they run slow and their ratios "
+            "mislead. Stop the other work (or wait for it) and re-run."
+        )
+    return f"machine idle: {used}"
+
+
+@contextmanager
+def busy_processes(count: int = 1) -> Iterator[list[subprocess.Popen]]:
+    """Keep `count` other Python processes spinning on the CPU for the body, as a second program would; always stopped.
+
+    Taught in notebooks/10_pytorch2_performance.ipynb.
+    """
+    processes: list[subprocess.Popen] = []
+    try:
+        for _ in range(count):
+            spin = "print('spinning', flush=True)\nwhile True: pass"
+            process = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
+            processes.append(process)
+            process.stdout.readline()  # it is running once it has said so
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait()
+            process.stdout.close()
+
+
+# --------------------------------------------------------------------------------------------
 # The profiler's table
 
 
@@ -100,17 +229,33 @@ class OperatorStat:
     share: float
 
 
-def top_operators(profile, n: int = 10, *, device_time: bool = False) -> list[OperatorStat]:
-    """The `n` operators of a finished `torch.profiler.profile` with the most self time (on the device if `device_time`).
+def top_operators(
+    profile, n: int = 10, *, device_time: bool = False, within: str | None = None
+) -> list[OperatorStat]:
+    """The `n` operators of a finished `torch.profiler.profile` with the most self time (on the device if
+    `device_time`); with `within`, only those run inside `record_function(within)`. Shares are of the whole profile.
 
     Taught in notebooks/10_pytorch2_performance.ipynb.
     """
-    events = profile.key_averages()
     attribute = "self_device_time_total" if device_time else "self_cpu_time_total"
-    times = [(event.key, event.count, getattr(event, attribute, 0.0) / 1e6) for event in events]
-    total = sum(seconds for _, _, seconds in times) or 1.0
-    times.sort(key=lambda row: row[2], reverse=True)
-    return [OperatorStat(name, calls, seconds, seconds / total) for name, calls, seconds in times[:n]]
+    events = profile.events()
+    total = sum(getattr(event, attribute, 0.0) for event in events) or 1.0
+    rows: dict[str, tuple[int, float]] = {}
+    for event in events:
+        if within is None or _ran_inside(event, within):
+            calls, micros = rows.get(event.name, (0, 0.0))
+            rows[event.name] = (calls + 1, micros + getattr(event, attribute, 0.0))
+    ranked = sorted(rows.items(), key=lambda row: row[1][1], reverse=True)[:n]
+    return [OperatorStat(name, calls, micros / 1e6, micros / total) for name, (calls, micros) in ranked]
+
+
+def _ran_inside(event, label: str) -> bool:
+    """Whether a profiler event is `label` or ran inside it (one of its ancestors on the same thread)."""
+    while event is not None:
+        if event.name == label:
+            return True
+        event = event.cpu_parent
+    return False
 
 
 def format_operator_table(stats: list[OperatorStat]) -> str:
