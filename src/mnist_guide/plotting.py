@@ -358,3 +358,34 @@ def plot_accuracy_vs_parameters(results: Sequence[dict], *, title: str | None = 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_memory_per_device(
+    bars: dict[str, dict[str, float]], *, capacity: float | None = None, capacity_label: str = "device memory",
+    unit: str = "GB", title: str | None = None
+):
+    """Draw what one device holds in each setting as stacked bars (`{setting: {part: bytes}}`), with its memory as a line.
+
+    Taught in notebooks/11_scaling_out.ipynb.
+    """
+    if not bars:
+        raise ValueError("no settings to draw")
+    scale = {"GB": 1e9, "GiB": 2**30, "MB": 1e6, "MiB": 2**20}[unit]
+    parts = list(dict.fromkeys(part for held in bars.values() for part in held))
+    fig, ax = plt.subplots(figsize=(1.3 * len(bars) + 3.5, 3.8))
+    bottoms = [0.0] * len(bars)
+    for part in parts:
+        heights = [held.get(part, 0.0) / scale for held in bars.values()]
+        ax.bar(range(len(bars)), heights, bottom=bottoms, label=part, edgecolor="white")
+        bottoms = [bottom + height for bottom, height in zip(bottoms, heights, strict=True)]
+    for position, total in enumerate(bottoms):
+        ax.text(position, total, f"{total:,.1f}", ha="center", va="bottom", fontsize=9)
+    if capacity is not None:
+        ax.axhline(capacity / scale, color="crimson", linestyle="--", linewidth=1.2, label=capacity_label)
+    ax.set_xticks(range(len(bars)), list(bars), fontsize=9)
+    ax.set_ylabel(f"{unit} per device")
+    ax.set_ylim(0, max([*bottoms, (capacity or 0) / scale]) * 1.12)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.set_title(title or "Memory per device")
+    fig.tight_layout()
+    return fig
