@@ -179,27 +179,6 @@ def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], to
     return shift
 
 
-def random_affine(max_degrees: float, max_scale: float, max_shift: float) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """An augmentation for `TensorLoader`: each image rotated, scaled and moved at random, in one `grid_sample`.
-
-    Angles in ±`max_degrees`, zoom in 1 ± `max_scale`, shifts of up to `max_shift` pixels; what the
-    move uncovers is black.
-    """
-    def transform(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, _, height, width = images.shape
-        angle, scale, dy, dx = (torch.rand(4, n, generator=generator) * 2 - 1).unbind()
-        angle, scale = angle * math.radians(max_degrees), 1 + scale * max_scale
-        theta = torch.stack([
-            torch.stack([scale * angle.cos(), -scale * angle.sin(), dx * 2 * max_shift / width], dim=1),
-            torch.stack([scale * angle.sin(), scale * angle.cos(), dy * 2 * max_shift / height], dim=1),
-        ], dim=1).to(images.dtype)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        black = (0.0 - MNIST_MEAN) / MNIST_STD
-        return F.grid_sample(images - black, grid, align_corners=False) + black
-
-    return transform
-
-
 #: Both splits held in memory: (train images, train labels, test images, test labels).
 MnistSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
