@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_guide import export
-from mnist_guide.runtime import artifacts_dir, atomic_write
+from mnist_guide.runtime import artifacts_dir, atomic_write, describe_environment
 from mnist_guide.training import load_or_train_course_model
 
 THROUGHPUT_BATCH = 256
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(peak, matmul_peak_gflops())  # measured again after the forms: the better of the two
 
     results = {
-        "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "processor": describe_environment('cpu')['device_name'], "torch": torch.__version__,
         "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1), "mflop_per_image": round(flops / 1e6, 3),
         "forms": {},
     }

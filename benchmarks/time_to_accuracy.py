@@ -1,13 +1,14 @@
-"""Time to 99.0 % MNIST test accuracy: the course's fast recipe against the PyTorch examples' classic recipe.
+"""Time to 99.0 % MNIST test accuracy: the course recipe against the PyTorch examples' classic recipe.
 
 Both train back to back in this process, on the same normalised tensors held in memory, and are
 evaluated on the full 10,000-image test set. Printed for each: the training wall seconds
 (evaluation excluded) until the test accuracy reaches the target; then the ratio of the two.
 
-- course's fast recipe (`FAST_RECIPE` below, mnist_guide.training.Recipe): the ~110k-parameter
-  BatchNorm CNN, Adam with a one-cycle schedule over a single pass, one-pixel shifts,
-  channels_last. A one-cycle schedule is set for a whole run, so the target is checked at its end.
-  It runs once per seed (0, 1, 2 by default); the ratio is taken on the median of their times.
+- course recipe (mnist_guide.training.Recipe): the ~110k-parameter BatchNorm CNN, batch 256, Adam
+  with a one-cycle schedule, one-pixel shifts, channels_last. A one-cycle schedule is set for a
+  whole run, so its time to the target is that of the *shortest* schedule reaching it: 1 epoch,
+  then 2, ..., each a fresh run. This runs for each seed (0, 1, 2 by default); the ratio is taken
+  on the median of their times.
 - classic recipe (github.com/pytorch/examples, mnist/main.py): conv 32 and 64 (3 × 3), max-pool,
   dropout 0.25 and 0.5, 9216-128-10, batch 64, Adadelta lr 1.0, StepLR gamma 0.7 per epoch,
   evaluated after every epoch until the target, once.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -36,13 +36,11 @@ from torch import nn
 
 from mnist_guide.data import TensorLoader, mnist_tensors
 from mnist_guide.models import build_model, count_parameters
-from mnist_guide.runtime import atomic_write, pick_device, seed_everything
+from mnist_guide.runtime import atomic_write, describe_environment, pick_device, seed_everything
 from mnist_guide.training import History, Recipe, fit, train_course_model
 
-#: The course's recipe tuned for time to 99 %: one short one-cycle pass (chosen on seeds 0-2, see README).
+#: The course recipe, run with the shortest one-cycle schedule that reaches the target.
 FAST_RECIPE = Recipe(epochs=1)
-#: Training images of that one pass (the first ones of the training set).
-FAST_TRAIN_IMAGES = 60_000
 
 
 class ClassicNet(nn.Module):
@@ -89,16 +87,18 @@ def report_epoch(name: str, run_label: str) -> Callable[[int, History], None]:
     return hook
 
 
-def run_course(data, target: float, seed: int, device: torch.device) -> Result:
-    """One run of the fast recipe with `seed`; the target is checked at the end of its schedule."""
-    images, labels, test_images, test_labels = data
-    subset = (images[:FAST_TRAIN_IMAGES], labels[:FAST_TRAIN_IMAGES], test_images, test_labels)
-    run = train_course_model(replace(FAST_RECIPE, seed=seed), device=device, data=subset, progress=False,
-                             on_epoch_end=report_epoch("course", f"seed {seed}"))
-    result = Result(f"course, seed {seed}", best_accuracy=run.history.test_accuracy[-1],
-                    seconds_used=run.train_seconds, epochs_used=run.history.epochs)
-    if result.best_accuracy >= target:
-        result.seconds_to_target, result.epochs_to_target = run.train_seconds, run.history.epochs
+def run_course(data, target: float, seed: int, max_epochs: int, device: torch.device) -> Result:
+    """The shortest one-cycle schedule of the course recipe reaching `target` with `seed`: 1 epoch, then 2, ..."""
+    result = Result(f"course, seed {seed}")
+    for epochs in range(1, max_epochs + 1):
+        run = train_course_model(replace(FAST_RECIPE, epochs=epochs, seed=seed), device=device, data=data, progress=False,
+                                 on_epoch_end=report_epoch("course", f"seed {seed}, {epochs}-epoch"))
+        result.seconds_used += run.train_seconds
+        result.epochs_used += epochs
+        result.best_accuracy = max(result.best_accuracy, run.history.test_accuracy[-1])
+        if run.history.test_accuracy[-1] >= target:
+            result.seconds_to_target, result.epochs_to_target = run.train_seconds, epochs
+            break
     return result
 
 
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=0.99, help="test accuracy to reach (default 0.99)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the course recipe (default 0 1 2)")
+    parser.add_argument("--course-max-epochs", type=int, default=3, help="longest course schedule tried (default 3)")
     parser.add_argument("--classic-max-epochs", type=int, default=6,
                         help="budget of the classic recipe in epochs (default 6, about 5 minutes on 2 cores)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
@@ -185,15 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = mnist_tensors(train=True)
     test_images, test_labels = mnist_tensors(train=False)
     data = (images.to(device), labels.to(device), test_images.to(device), test_labels.to(device))
-    print(f"torch {torch.__version__} on {device} ({platform.processor() or platform.machine()}), "
+    print(f"torch {torch.__version__} on {device} ({describe_environment('cpu')['device_name']}), "
           f"{torch.get_num_threads()} threads; target {args.target:.1%} test accuracy on {len(test_images):,} images")
-    print(f"course's fast recipe: {count_parameters(build_model(FAST_RECIPE.model)):,} parameters, {FAST_RECIPE.epochs} pass "
-          f"over {FAST_TRAIN_IMAGES:,} images, batch {FAST_RECIPE.batch_size}; "
+    print(f"course recipe: {count_parameters(build_model(FAST_RECIPE.model)):,} parameters, batch {FAST_RECIPE.batch_size}; "
           f"classic recipe: {count_parameters(ClassicNet()):,} parameters")
 
     started = time.perf_counter()
     warm_up(data, device)
-    courses = [run_course(data, args.target, seed, device) for seed in args.seeds]
+    courses = [run_course(data, args.target, seed, args.course_max_epochs, device) for seed in args.seeds]
     classic = run_classic(data, args.target, args.classic_max_epochs, device)
     print()
     for result in (*courses, classic):
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("ratio: not defined (a recipe missed the target)")
     print(f"(benchmark wall time {time.perf_counter() - started:.0f} s; training seconds exclude evaluation)")
-    results = {"target": args.target, "seeds": args.seeds, "processor": platform.processor() or platform.machine(),
+    results = {"target": args.target, "seeds": args.seeds, "processor": describe_environment('cpu')['device_name'],
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "course_seconds": [None if s is None else round(s, 3) for s in course_seconds],
                "course_accuracy": [round(result.best_accuracy, 4) for result in courses],
