@@ -108,7 +108,8 @@ def plot(results: dict, path: Path) -> None:
     axes.axvline(results["peak_gflops"], color="tab:red", linestyle="--", label=f"fp32 matmul peak {results['peak_gflops']:.0f} GFLOP/s")
     axes.set_xlabel(f"GFLOP/s at batch {THROUGHPUT_BATCH} (label: share of the peak)")
     axes.set_title(f"Course CNN inference, {results['threads']} threads, {results['processor']}")
-    axes.legend(loc="lower right")
+    axes.set_xlim(0, results["peak_gflops"] * 1.2)
+    axes.legend(loc="upper right")
     figure.tight_layout()
     atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
 

@@ -351,7 +351,9 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
                 module = torch.jit.load(str(path), map_location="cpu")
             module.eval()
         elif format == "export":
-            module = torch.export.load(str(path)).module()
+            with warnings.catch_warnings():  # said of every channels_last weight; harmless on the CPU
+                warnings.filterwarnings("ignore", message="No complete tensor found in the group", category=UserWarning)
+                module = torch.export.load(str(path)).module()
         elif format == "onnx":
             module = _load_onnx_file(path)
         else:
