@@ -202,10 +202,10 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Pat
     if path.suffix != ".pt2":
         raise ValueError(f"{path}: an AOTInductor package must end in .pt2")
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(artifacts_dir() / "inductor"))  # not the system temp folder
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
-    def write(temporary: Path) -> None:
-        with _quiet_cpp_extension_log():
+    def write(temporary: Path) -> None:  # Inductor's build files go to artifacts/, not the system temp folder
+        with _quiet_cpp_extension_log(), temporary_cache_dir(str(artifacts_dir() / "inductor")):
             torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
 
     atomic_write(path, write)
