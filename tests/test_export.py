@@ -261,6 +261,17 @@ def test_cli_export_errors_are_short_messages(tmp_path, capsys):
         cli.main(["export", "--checkpoint", "x.pt", "--format", "tflite", "--out", "m.tflite"])
 
 
+def test_loading_an_aoti_package_leaves_nothing_in_the_temp_folder(aoti_file, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    deployed = export.load_deployed(aoti_file)
+    assert list(tmp_path.iterdir()) == [], "AOTInductor's unpacked package was left behind"
+    assert os.environ["TMPDIR"] == str(tmp_path), "TMPDIR is restored"
+    assert deployed(export.example_pixels(3)).shape == (3, 10), "the model runs once its unpacked files are gone"
+
+
 def test_compile_aoti_wants_a_pt2_name(model, tmp_path):
     with pytest.raises(ValueError, match=".pt2"):
         export.compile_aoti(export.export_program(export.make_deployable(model)), tmp_path / "model.so")

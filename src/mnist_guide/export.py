@@ -193,6 +193,25 @@ def _quiet_cpp_extension_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _unpacked_in_a_private_folder() -> Iterator[None]:
+    # AOTInductor unpacks a package into $TMPDIR/aotinductor_* and removes it only when the model is
+    # destroyed, which a notebook kernel's exit skips: unpack into a folder of our own, removed once
+    # the package is loaded (the loaded library and weights stay mapped in memory).
+    import tempfile
+
+    folder, previous = tempfile.mkdtemp(prefix="mnist-guide-aoti-"), os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Path:
     """Compile an exported program ahead of time with AOTInductor into a `.pt2` package; returns the path.
 
@@ -357,7 +376,7 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
         elif format == "onnx":
             module = _load_onnx_file(path)
         else:
-            with _quiet_cpp_extension_log():
+            with _quiet_cpp_extension_log(), _unpacked_in_a_private_folder():
                 module = torch._inductor.aoti_load_package(str(path))
     except ExportError:
         raise
