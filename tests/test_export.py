@@ -272,6 +272,23 @@ def test_loading_an_aoti_package_leaves_nothing_in_the_temp_folder(aoti_file, tm
     assert deployed(export.example_pixels(3)).shape == (3, 10), "the model runs once its unpacked files are gone"
 
 
+def test_compile_aoti_builds_under_artifacts_not_the_system_temp_folder(model, tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setenv("MNIST_GUIDE_ARTIFACTS", str(tmp_path / "artifacts"))
+    cache_dir()  # torch has already settled on its default folder, as in a notebook that compiled before
+    seen = []
+
+    def fake_compile(program, package_path):
+        seen.append(cache_dir())
+        Path(package_path).write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: the rest is not under test
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_compile)
+    export.compile_aoti(export.export_program(export.make_deployable(model)), tmp_path / "m.pt2")
+    assert seen == [str(tmp_path / "artifacts" / "inductor")]
+    assert cache_dir() != seen[0], "torch's own cache folder is restored afterwards"
+
+
 def test_compile_aoti_wants_a_pt2_name(model, tmp_path):
     with pytest.raises(ValueError, match=".pt2"):
         export.compile_aoti(export.export_program(export.make_deployable(model)), tmp_path / "model.so")
