@@ -39,9 +39,6 @@ from mnist_guide.models import build_model, count_parameters
 from mnist_guide.runtime import atomic_write, describe_environment, pick_device, seed_everything
 from mnist_guide.training import History, Recipe, fit, train_course_model
 
-#: The course recipe, run with the shortest one-cycle schedule that reaches the target.
-FAST_RECIPE = Recipe(epochs=1)
-
 
 class ClassicNet(nn.Module):
     """The network of the PyTorch examples' MNIST script (1.2M parameters), returning log-probabilities."""
@@ -91,7 +88,7 @@ def run_course(data, target: float, seed: int, max_epochs: int, device: torch.de
     """The shortest one-cycle schedule of the course recipe reaching `target` with `seed`: 1 epoch, then 2, ..."""
     result = Result(f"course, seed {seed}")
     for epochs in range(1, max_epochs + 1):
-        run = train_course_model(replace(FAST_RECIPE, epochs=epochs, seed=seed), device=device, data=data, progress=False,
+        run = train_course_model(replace(Recipe(), epochs=epochs, seed=seed), device=device, data=data, progress=False,
                                  on_epoch_end=report_epoch("course", f"seed {seed}, {epochs}-epoch"))
         result.seconds_used += run.train_seconds
         result.epochs_used += epochs
@@ -188,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     data = (images.to(device), labels.to(device), test_images.to(device), test_labels.to(device))
     print(f"torch {torch.__version__} on {device} ({describe_environment('cpu')['device_name']}), "
           f"{torch.get_num_threads()} threads; target {args.target:.1%} test accuracy on {len(test_images):,} images")
-    print(f"course recipe: {count_parameters(build_model(FAST_RECIPE.model)):,} parameters, batch {FAST_RECIPE.batch_size}; "
+    print(f"course recipe: {count_parameters(build_model(Recipe().model)):,} parameters, batch {Recipe().batch_size}; "
           f"classic recipe: {count_parameters(ClassicNet()):,} parameters")
 
     started = time.perf_counter()
