@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(peak, matmul_peak_gflops())  # measured again after the forms: the better of the two
 
     results = {
-        "processor": describe_environment('cpu')['device_name'], "torch": torch.__version__,
+        "processor": describe_environment("cpu")["device_name"], "torch": torch.__version__,
         "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1), "mflop_per_image": round(flops / 1e6, 3),
         "forms": {},
     }

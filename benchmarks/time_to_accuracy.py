@@ -180,10 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
+    processor = describe_environment("cpu")["device_name"]
     images, labels = mnist_tensors(train=True)
     test_images, test_labels = mnist_tensors(train=False)
     data = (images.to(device), labels.to(device), test_images.to(device), test_labels.to(device))
-    print(f"torch {torch.__version__} on {device} ({describe_environment('cpu')['device_name']}), "
+    print(f"torch {torch.__version__} on {device} ({processor}), "
           f"{torch.get_num_threads()} threads; target {args.target:.1%} test accuracy on {len(test_images):,} images")
     print(f"course recipe: {count_parameters(build_model(Recipe().model)):,} parameters, batch {Recipe().batch_size}; "
           f"classic recipe: {count_parameters(ClassicNet()):,} parameters")
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("ratio: not defined (a recipe missed the target)")
     print(f"(benchmark wall time {time.perf_counter() - started:.0f} s; training seconds exclude evaluation)")
-    results = {"target": args.target, "seeds": args.seeds, "processor": describe_environment('cpu')['device_name'],
+    results = {"target": args.target, "seeds": args.seeds, "processor": processor,
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "course_seconds": [None if s is None else round(s, 3) for s in course_seconds],
                "course_accuracy": [round(result.best_accuracy, 4) for result in courses],

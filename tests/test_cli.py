@@ -2,12 +2,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from small_runs import cli_on_mnist_slice
 
 from mnist_guide import __version__, cli
 from mnist_guide.checkpoint import load_checkpoint
+from mnist_guide.training import RECORD_RECIPE, Recipe
 
 # -- version and info -------------------------------------------------------------------------
 
@@ -64,15 +66,10 @@ def test_train_writes_a_checkpoint_and_metrics(monkeypatch, tmp_path, capsys):
     assert checkpoint.history["test_accuracy"] == [metrics["test_accuracy"]]
 
 
-@pytest.mark.parametrize(("flags", "expected"), [([], "RECORD_RECIPE"), (["--recipe", "course"], "Recipe")])
-def test_train_uses_the_record_recipe_unless_told(flags, expected, monkeypatch, tmp_path):
-    from dataclasses import replace
-
-    from mnist_guide import training
-
+@pytest.mark.parametrize(("flags", "recipe"), [([], RECORD_RECIPE), (["--recipe", "course"], Recipe())], ids=["record", "course"])
+def test_train_uses_the_record_recipe_unless_told(flags, recipe, monkeypatch, tmp_path):
     cli_on_mnist_slice(monkeypatch)
     assert cli.main(["train", *flags, "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
-    recipe = getattr(training, expected) if expected == "RECORD_RECIPE" else training.Recipe()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["recipe"] == replace(recipe, epochs=1).to_dict()
 

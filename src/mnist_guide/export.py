@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -198,8 +199,6 @@ def _unpacked_in_a_private_folder() -> Iterator[None]:
     # AOTInductor unpacks a package into $TMPDIR/aotinductor_* and removes it only when the model is
     # destroyed, which a notebook kernel's exit skips: unpack into a folder of our own, removed once
     # the package is loaded (the loaded library and weights stay mapped in memory).
-    import tempfile
-
     folder, previous = tempfile.mkdtemp(prefix="mnist-guide-aoti-"), os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = folder
     try:
