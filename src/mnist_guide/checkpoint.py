@@ -91,8 +91,6 @@ def load_checkpoint(
     """Load a checkpoint into `model` (built from the stored config when `None`), and the optimizer and scheduler when given.
 
     Loading into a model of another class or shape raises `CheckpointError` saying which.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     checkpoint = read_checkpoint(path, map_location=map_location)
     stored = checkpoint.model_config

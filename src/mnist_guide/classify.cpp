@@ -11,7 +11,6 @@
 // MNIST. Exit status: 0 on success, 1 for an unreadable model or image, 2 for a usage error.
 //
 // Built by mnist_guide.export.build_classifier() against the libtorch inside the torch wheel.
-// Taught in notebooks/08_deployment.ipynb.
 
 #include <torch/script.h>
 

@@ -101,8 +101,6 @@ def prepare_mnist(root: str | Path | None = None) -> Path:
     """Verify the four MNIST files under `root/MNIST/raw` and decompress them for torchvision; returns `root`.
 
     A damaged file raises `MnistDataError` naming it, so nothing trains on a partial file.
-
-    Taught in notebooks/00_start_here.ipynb.
     """
     root = Path(root) if root is not None else data_dir()
     raw_dir = root / "MNIST" / "raw"
@@ -128,10 +126,7 @@ def prepare_mnist(root: str | Path | None = None) -> Path:
 
 
 def mnist_dataset(train: bool, transform: Callable | None = None, root: str | Path | None = None):
-    """`torchvision.datasets.MNIST` over the verified local files (never downloads).
-
-    Taught in notebooks/06_data_loading.ipynb.
-    """
+    """`torchvision.datasets.MNIST` over the verified local files (never downloads)."""
     import torchvision
 
     root = prepare_mnist(root)
@@ -141,10 +136,7 @@ def mnist_dataset(train: bool, transform: Callable | None = None, root: str | Pa
 def mnist_tensors(
     train: bool, root: str | Path | None = None, normalize: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One whole split as float32 `[N, 1, 28, 28]` images in [0, 1] (standardised when `normalize`) and int64 labels.
-
-    Taught in notebooks/06_data_loading.ipynb.
-    """
+    """One whole split as float32 `[N, 1, 28, 28]` images in [0, 1] (standardised when `normalize`) and int64 labels."""
     dataset = mnist_dataset(train, root=root)
     images = dataset.data.unsqueeze(1).to(torch.float32).div_(255.0)
     if normalize:
@@ -169,10 +161,7 @@ def random_offsets(count: int, max_shift: int, generator: torch.Generator) -> to
 
 
 def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """An augmentation for `TensorLoader`: each image moved by up to `max_shift` pixels in x and y.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """An augmentation for `TensorLoader`: each image moved by up to `max_shift` pixels in x and y."""
     def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return shift_images(images, random_offsets(len(images), max_shift, generator), max_shift)
 
@@ -188,8 +177,6 @@ class TensorLoader:
 
     The shuffle is seeded per epoch (`set_epoch`, as with `DistributedSampler`), so a resumed run
     sees the batches of an unbroken one; `augment(batch, generator)` uses the same generator.
-
-    Taught in notebooks/06_data_loading.ipynb.
     """
 
     def __init__(
@@ -231,8 +218,6 @@ def make_loaders(
     """`(train_loader, test_loader)` over `data` = (train images, labels, test images, labels), MNIST when `None`.
 
     The training loader shuffles (seeded) and may augment; the test loader keeps the order.
-
-    Taught in notebooks/06_data_loading.ipynb.
     """
     if data is None:
         data = (*mnist_tensors(train=True), *mnist_tensors(train=False))
@@ -290,8 +275,6 @@ def ink_on_black(image, *, max_value: float | None = None) -> torch.Tensor:
     Transparent pixels become paper (white behind dark ink, black behind light ink), colour becomes grey
     (ITU-R 601 luma, as Pillow's `convert("L")`), and the paper is whatever the border mostly shows:
     a light one means dark ink, which is turned into light ink on black, as in MNIST.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     import numpy as np
 
@@ -313,8 +296,6 @@ def mnist_style(image, *, max_value: float | None = None) -> torch.Tensor:
     """Any image of one digit as MNIST made its digits: ink cropped, scaled into 20 x 20, centred by mass in 28 x 28.
 
     Returns float32 `[28, 28]` in [0, 1], white on black; a blank image raises `NoInkError`.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     ink = ink_on_black(image, max_value=max_value)
     peak = float(ink.max())

@@ -41,8 +41,6 @@ class DistributedRecipe(Recipe):
 
     `max_steps` stops early (the schedule spans the steps that run); `dtype="float64"` is how runs
     that should compute the same thing are compared.
-
-    Taught in notebooks/11_scaling_out.ipynb.
     """
 
     epochs: int = 1
@@ -60,10 +58,7 @@ class DistributedRecipe(Recipe):
 
 @dataclass(frozen=True)
 class World:
-    """Who this process is: its rank among `world_size`, its device, and its backend (`None` when alone).
-
-    Taught in notebooks/11_scaling_out.ipynb.
-    """
+    """Who this process is: its rank among `world_size`, its device, and its backend (`None` when alone)."""
 
     rank: int = 0
     world_size: int = 1
@@ -101,10 +96,7 @@ def init_world(device: str | torch.device | None = None, timeout_s: float = 300.
 
 
 class RankFilter(logging.Filter):
-    """Tag records `[rank r/w]`; let through rank 0's, warnings, and records marked `extra={"all_ranks": True}`.
-
-    Taught in notebooks/11_scaling_out.ipynb.
-    """
+    """Tag records `[rank r/w]`; let through rank 0's, warnings, and records marked `extra={"all_ranks": True}`."""
 
     def __init__(self, rank: int, world_size: int) -> None:
         super().__init__()
@@ -116,29 +108,20 @@ class RankFilter(logging.Filter):
 
 
 def shard_indices(dataset_size: int, world: World, *, seed: int, epoch: int) -> torch.Tensor:
-    """This process's sample indices for `epoch` from a `DistributedSampler`: disjoint shards of one shuffle.
-
-    Taught in notebooks/11_scaling_out.ipynb.
-    """
+    """This process's sample indices for `epoch` from a `DistributedSampler`: disjoint shards of one shuffle."""
     sampler = DistributedSampler(range(dataset_size), num_replicas=world.world_size, rank=world.rank, seed=seed)
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
 def epoch_offsets(count: int, max_shift: int, seed: int, epoch: int) -> torch.Tensor:
-    """Every sample's shift for `epoch`, drawn for the whole data set: the same whichever process takes the sample.
-
-    Taught in notebooks/11_scaling_out.ipynb.
-    """
+    """Every sample's shift for `epoch`, drawn for the whole data set: the same whichever process takes the sample."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randint(0, 2 * max_shift + 1, (count, 2), generator=generator)
 
 
 def wrap_model(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
-    """DDP keeps a full copy of `model` per process, FSDP shards it; a process alone gets it back unchanged.
-
-    Taught in notebooks/11_scaling_out.ipynb.
-    """
+    """DDP keeps a full copy of `model` per process, FSDP shards it; a process alone gets it back unchanged."""
     if world.backend is None:
         return model
     if strategy == "ddp":
@@ -186,8 +169,6 @@ def train(
     evaluate_each_epoch: bool = True, log_every: int = 50
 ) -> DistributedRun:
     """Train with `recipe` on every process of the group (or alone), with `training.train_one_epoch`; rank 0 writes `out/checkpoint.pt`.
-
-    Taught in notebooks/11_scaling_out.ipynb.
     """
     recipe = recipe or DistributedRecipe()
     world = init_world(device)
@@ -268,8 +249,6 @@ def _full_state_dict(model: nn.Module, world: World, strategy: str) -> dict | No
 def torchrun_command(args: Sequence[str], nproc: int = 2, port: int | None = None,
                      threads_per_process: int = 1) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that run `nproc` local processes meeting on 127.0.0.1 (torchrun's store listens on every interface).
-
-    Taught in notebooks/11_scaling_out.ipynb.
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                "--master_port", str(port or free_port()), "-m", "mnist_guide.cli", "train-parallel", *args]
@@ -281,10 +260,7 @@ def torchrun_command(args: Sequence[str], nproc: int = 2, port: int | None = Non
 
 def run_torchrun(args: Sequence[str], nproc: int = 2, timeout_s: float = 600.0,
                  threads_per_process: int = 1) -> subprocess.CompletedProcess:
-    """Run this module under torchrun and return it with its log; a failed run raises `RuntimeError` with its cause.
-
-    Taught in notebooks/11_scaling_out.ipynb.
-    """
+    """Run this module under torchrun and return it with its log; a failed run raises `RuntimeError` with its cause."""
     command, env = torchrun_command(args, nproc, threads_per_process=threads_per_process)
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout_s, check=False)

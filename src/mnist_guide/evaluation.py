@@ -32,10 +32,7 @@ HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 @dataclass
 class Predictions:
-    """A model's outputs over a data set, on the CPU: logits `[N, C]` and true labels `[N]`.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """A model's outputs over a data set, on the CPU: logits `[N, C]` and true labels `[N]`."""
 
     logits: torch.Tensor
     labels: torch.Tensor
@@ -60,10 +57,7 @@ class Predictions:
 
 
 def classification_metrics(num_classes: int = len(CLASSES)) -> MetricCollection:
-    """Accuracy, precision, recall and F1 (micro, macro and per class) and the confusion matrix, as one collection.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """Accuracy, precision, recall and F1 (micro, macro and per class) and the confusion matrix, as one collection."""
     metrics: dict[str, nn.Module] = {}
     families = {
         "accuracy": MulticlassAccuracy,
@@ -90,10 +84,7 @@ def predict(
     model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
     metrics: MetricCollection | None = None, progress: bool = False
 ) -> Predictions:
-    """Run `model` (in eval mode) over every batch of `loader`; returns logits and labels on the CPU.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """Run `model` (in eval mode) over every batch of `loader`; returns logits and labels on the CPU."""
     device = torch.device(device) if device is not None else _model_device(model)
     model.eval()
     if metrics is not None:
@@ -118,10 +109,7 @@ def confusion_matrix(
     predicted: torch.Tensor, labels: torch.Tensor, *, num_classes: int = len(CLASSES),
     normalize: str | None = None
 ) -> torch.Tensor:
-    """Count `[true class, predicted class]` pairs with torchmetrics; rows are true classes.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """Count `[true class, predicted class]` pairs with torchmetrics; rows are true classes."""
     return multiclass_confusion_matrix(predicted, labels, num_classes=num_classes, normalize=normalize or "none")
 
 
@@ -136,8 +124,6 @@ class ConfusedPair:
 
 def most_confused_pairs(matrix: torch.Tensor, k: int = 5) -> list[ConfusedPair]:
     """The `k` largest off-diagonal counts of a confusion matrix, largest first (ties: by true, then predicted class).
-
-    Taught in notebooks/08_evaluation.ipynb.
     """
     counts = matrix.detach().cpu().clone().to(torch.int64)
     counts.fill_diagonal_(0)
@@ -165,10 +151,7 @@ class Mistakes:
 
 
 def confident_mistakes(predictions: Predictions, k: int = 16) -> Mistakes:
-    """The `k` wrong predictions the model was surest of, most confident first.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """The `k` wrong predictions the model was surest of, most confident first."""
     predicted, confidence = predictions.predicted, predictions.confidence
     wrong = (predicted != predictions.labels).nonzero().flatten()
     order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:k]
@@ -182,10 +165,7 @@ def _score(value: torch.Tensor) -> float:
 
 
 def classification_report(values: Mapping[str, torch.Tensor], class_names: Sequence[str] = CLASSES) -> dict:
-    """Turn `classification_metrics().compute()` into plain data: headline scores, a row per class, the matrix.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """Turn `classification_metrics().compute()` into plain data: headline scores, a row per class, the matrix."""
     matrix = values["confusion_matrix"].detach().cpu().to(torch.int64)
     support, correct = matrix.sum(dim=1), matrix.diagonal()
     per_class = [
@@ -211,10 +191,7 @@ def classification_report(values: Mapping[str, torch.Tensor], class_names: Seque
 
 
 def format_report(report: Mapping) -> str:
-    """Render `classification_report()` as text: headline scores, the per-class table, the confusion matrix.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """Render `classification_report()` as text: headline scores, the per-class table, the confusion matrix."""
     samples = report["samples"]
     correct = sum(row["correct"] for row in report["per_class"])
     lines = [

@@ -49,10 +49,7 @@ class ExportError(ValueError):
 
 
 class DeployableMnist(nn.Module):
-    """The trained CNN with its input normalisation inside: pixels in [0, 1] in, logits out.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """The trained CNN with its input normalisation inside: pixels in [0, 1] in, logits out."""
 
     def __init__(self, model: nn.Module, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
         super().__init__()
@@ -69,35 +66,26 @@ def make_deployable(model: nn.Module) -> DeployableMnist:
 
     Convolution weights stay channels_last, the layout the CPU's convolution kernels run fastest
     (`benchmarks/inference.py` measures it); every exported form keeps it.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     model = copy.deepcopy(model).to("cpu", memory_format=torch.channels_last)
     return DeployableMnist(model).eval()
 
 
 def example_pixels(batch_size: int = 2, seed: int = 0) -> torch.Tensor:
-    """Random float32 pixels `[batch_size, 1, 28, 28]` in [0, 1], the shape every deployed form takes.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Random float32 pixels `[batch_size, 1, 28, 28]` in [0, 1], the shape every deployed form takes."""
     return torch.rand(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
 @contextlib.contextmanager
 def quiet_torchscript_deprecation() -> Iterator[None]:
-    """Silence torch's "`torch.jit.*` is deprecated" FutureWarning inside the block (shown once in 08).
-    """
+    """Silence torch's "`torch.jit.*` is deprecated" FutureWarning inside the block (shown once in 08)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         yield
 
 
 def to_torchscript(module: nn.Module, method: str = "script", example: torch.Tensor | None = None):
-    """Turn `module` into TorchScript by `"script"` (compiles the Python code) or `"trace"` (records one run).
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Turn `module` into TorchScript by `"script"` (compiles the Python code) or `"trace"` (records one run)."""
     if method not in ("script", "trace"):
         raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
     with quiet_torchscript_deprecation():
@@ -154,19 +142,13 @@ def _refuse_pickles(path: Path, archive: zipfile.ZipFile) -> None:
 
 
 def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path:
-    """Write a TorchScript module atomically (a temporary file, then a rename); returns the path.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Write a TorchScript module atomically (a temporary file, then a rename); returns the path."""
     with quiet_torchscript_deprecation():
         return _write_model_file(path, lambda buffer: torch.jit.save(scripted, buffer))
 
 
 def export_program(module: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
-    """`torch.export` the module with a dynamic batch dimension, so one program serves any batch size.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """`torch.export` the module with a dynamic batch dimension, so one program serves any batch size."""
     if module.training:
         raise ValueError("the module is in training mode: call .eval() before exporting it")
     example = example if example is not None else example_pixels(2)
@@ -175,10 +157,7 @@ def export_program(module: nn.Module, example: torch.Tensor | None = None) -> to
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
-    """Write an exported program with `torch.export.save`, atomically; returns the path (`.pt2`).
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Write an exported program with `torch.export.save`, atomically; returns the path (`.pt2`)."""
     return _write_model_file(path, lambda buffer: torch.export.save(program, buffer))
 
 
@@ -212,10 +191,7 @@ def _unpacked_in_a_private_folder() -> Iterator[None]:
 
 
 def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Path:
-    """Compile an exported program ahead of time with AOTInductor into a `.pt2` package; returns the path.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Compile an exported program ahead of time with AOTInductor into a `.pt2` package; returns the path."""
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"{path}: an AOTInductor package must end in .pt2")
@@ -245,8 +221,6 @@ def _require(*modules: str) -> None:
 def export_onnx(module: nn.Module, path: str | Path, example: torch.Tensor | None = None) -> Path:
     """Export the module to ONNX (`torch.onnx.export(..., dynamo=True)`, a dynamic batch dimension), check
     the graph with `onnx.checker`, and write it atomically with its SHA-256 manifest; returns the path.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     _require("onnx", "onnxscript")
     import onnx
@@ -263,8 +237,6 @@ def export_onnx(module: nn.Module, path: str | Path, example: torch.Tensor | Non
 
 class OnnxRuntimeModel:
     """An ONNX file run by ONNX Runtime on the CPU: call it on a float32 tensor `[N, 1, 28, 28]`, get a tensor of logits.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
 
     def __init__(self, model_bytes: bytes, threads: int | None = None) -> None:
@@ -349,8 +321,6 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
     Model files are code: the file must match the SHA-256 that `export` recorded beside it (unless
     `trust=True`), its zip CRCs must hold, a `.pt2` holding pickles is refused, and so is an ONNX
     file with external weights or custom operators.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     path = Path(path)
     format = format or detect_format(path)
@@ -386,10 +356,7 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
 
 
 def load_onnx(path: str | Path, *, trust: bool = False) -> DeployedModel:
-    """Load an ONNX file into ONNX Runtime (CPU), with `load_deployed`'s checks; call it on a pixel tensor.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Load an ONNX file into ONNX Runtime (CPU), with `load_deployed`'s checks; call it on a pixel tensor."""
     return load_deployed(path, "onnx", trust=trust)
 
 
@@ -435,10 +402,7 @@ def check_parity(
     reference: Callable[[torch.Tensor], torch.Tensor], candidates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
     pixels: torch.Tensor, labels: torch.Tensor, *, tolerance: float = PARITY_TOLERANCE, batch_size: int = 1000
 ) -> list[ParityReport]:
-    """Compare each candidate's logits with the reference's on every image; one report per candidate.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Compare each candidate's logits with the reference's on every image; one report per candidate."""
     batches = [(pixels[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
     expected = [reference(images) for images, _ in batches]
     reference_correct = sum(int((logits.argmax(1) == y).sum()) for logits, (_, y) in zip(expected, batches, strict=True))
@@ -460,10 +424,7 @@ def check_parity(
 
 
 def format_parity(reports: Sequence[ParityReport], show_difference: bool = False) -> str:
-    """Render parity reports as a table (the measured difference only when asked: it varies by machine).
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Render parity reports as a table (the measured difference only when asked: it varies by machine)."""
     lines = [f"{'form':<12} {'within ' + format(reports[0].tolerance, '.0e'):>12} {'accuracy':>9} {'eager':>8} {'same digit':>12}"]
     if show_difference:
         lines[0] += f" {'max |diff|':>11}"
@@ -485,8 +446,6 @@ def format_parity(reports: Sequence[ParityReport], show_difference: bool = False
 def pgm_bytes(image: torch.Tensor) -> bytes:
     """Encode a `[28, 28]` uint8 image as a binary PGM, the C++ classifier's input format: a text header
     (`P5`, width, height, 255, each followed by a newline: 13 bytes for 28 x 28), then the grey levels row by row.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     image = image.detach().cpu()
     if image.dim() == 3 and image.shape[0] == 1:
@@ -498,10 +457,7 @@ def pgm_bytes(image: torch.Tensor) -> bytes:
 
 
 def write_pgm(image: torch.Tensor, path: str | Path) -> Path:
-    """Write a `[28, 28]` uint8 image as a binary PGM file.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Write a `[28, 28]` uint8 image as a binary PGM file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pgm_bytes(image))
@@ -513,18 +469,12 @@ def write_pgm(image: torch.Tensor, path: str | Path) -> Path:
 
 
 def torch_install_dir() -> Path:
-    """The installed torch package's folder, which holds libtorch's `include/` and `lib/`.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """The installed torch package's folder, which holds libtorch's `include/` and `lib/`."""
     return Path(torch.__file__).resolve().parent
 
 
 def compile_command(source: str | Path, output: str | Path, compiler: str = "g++") -> list[str]:
-    """The g++ command line that builds a libtorch program against the installed torch wheel.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """The g++ command line that builds a libtorch program against the installed torch wheel."""
     root = torch_install_dir()
     abi = int(torch.compiled_with_cxx11_abi())
     return [
@@ -549,10 +499,7 @@ def classifier_path(source: str | Path = CPP_SOURCE, out_dir: str | Path | None 
 def build_classifier(
     source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None, *, force: bool = False, compiler: str = "g++"
 ) -> Path:
-    """Build the C++ classifier with g++ against the wheel's libtorch, or reuse the cached binary.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Build the C++ classifier with g++ against the wheel's libtorch, or reuse the cached binary."""
     binary = classifier_path(source, out_dir)
     if binary.is_file() and os.access(binary, os.X_OK) and not force:
         return binary

@@ -41,10 +41,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class MnistCNN(nn.Module):
-    """Two convolution blocks (conv, norm, ReLU, max-pool) and a two-layer classifier: `[N, 1, 28, 28]` -> `[N, 10]`.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Two convolution blocks (conv, norm, ReLU, max-pool) and a two-layer classifier: `[N, 1, 28, 28]` -> `[N, 10]`."""
 
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()
@@ -91,8 +88,6 @@ class SelfAttention(nn.Module):
 
     `[N, T, dim]` in and out. `project` returns the per-head queries, keys and values, so the
     attention weights can be computed by hand from the same numbers.
-
-    Taught in notebooks/12_transformers.ipynb.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
@@ -116,10 +111,7 @@ class SelfAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """A pre-norm transformer block: `x + attention(norm(x))`, then `x + mlp(norm(x))`.
-
-    Taught in notebooks/12_transformers.ipynb.
-    """
+    """A pre-norm transformer block: `x + attention(norm(x))`, then `x + mlp(norm(x))`."""
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -140,8 +132,6 @@ class MnistViT(nn.Module):
 
     `[N, 1, 28, 28]` normalised pixels in, `[N, num_classes]` logits out, read from the class
     token after the last block. About 140k parameters with the default config.
-
-    Taught in notebooks/12_transformers.ipynb.
     """
 
     def __init__(self, config: ViTConfig | None = None) -> None:
@@ -176,10 +166,7 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {"MnistCNN": (MnistCNN, CNNCon
 
 
 def build_model(config: object | None = None) -> nn.Module:
-    """Build a course model from its config object, or from the dict a checkpoint stores (with its `class`).
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Build a course model from its config object, or from the dict a checkpoint stores (with its `class`)."""
     if isinstance(config, dict):
         values = dict(config)
         name = values.pop("class", "MnistCNN")
@@ -200,8 +187,5 @@ def model_config(model: nn.Module) -> dict:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Count the parameters of `model` (by default only those that train).
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Count the parameters of `model` (by default only those that train)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

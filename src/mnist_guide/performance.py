@@ -26,10 +26,7 @@ from torch import nn
 
 
 def synchronize(device: torch.device | str | None) -> None:
-    """Wait until every kernel queued on `device` has finished: accelerators run asynchronously.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Wait until every kernel queued on `device` has finished: accelerators run asynchronously."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -40,10 +37,7 @@ def synchronize(device: torch.device | str | None) -> None:
 def median_seconds(
     fn: Callable[[], object], *, repeats: int = 10, warmup: int = 2, device: torch.device | str | None = None
 ) -> float:
-    """Run `fn` `warmup` times untimed (one-off costs), then `repeats` times timed; return the median seconds.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Run `fn` `warmup` times untimed (one-off costs), then `repeats` times timed; return the median seconds."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -61,8 +55,6 @@ def compare_seconds(
     device: torch.device | str | None = None
 ) -> dict[str, float]:
     """Time several functions in turns (a, b, a, b, ...), so a slow spell hits each alike; the median seconds of each.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     for _ in range(warmup):
         for fn in candidates.values():
@@ -80,10 +72,7 @@ def compare_seconds(
 
 @contextmanager
 def num_threads(count: int) -> Iterator[int]:
-    """Run the body with `torch.set_num_threads(count)`, restoring the process-wide count afterwards.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Run the body with `torch.set_num_threads(count)`, restoring the process-wide count afterwards."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -100,10 +89,7 @@ _FREE_CORES_SLACK = 0.25  # background noise allowed before timings count as dis
 
 @dataclass(frozen=True)
 class MachineLoad:
-    """CPU time other programs took while it was measured, in cores (1.0 = one core kept busy), of `cores`.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """CPU time other programs took while it was measured, in cores (1.0 = one core kept busy), of `cores`."""
 
     others_cores: float
     cores: int
@@ -118,10 +104,7 @@ class MachineLoad:
 def cpu_seconds_from_proc_stat(
     text: str, cpus: Collection[int] | None = None, ticks_per_second: float = 100.0
 ) -> tuple[float, float]:
-    """(busy, total) CPU seconds since boot of the listed `cpus` (all when None), read from `/proc/stat`'s text.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """(busy, total) CPU seconds since boot of the listed `cpus` (all when None), read from `/proc/stat`'s text."""
     busy = total = 0.0
     for line in text.splitlines():
         name, *fields = line.split()
@@ -136,8 +119,6 @@ def cpu_seconds_from_proc_stat(
 def machine_load(seconds: float = 1.0, *, stat_path: str | Path = "/proc/stat") -> MachineLoad:
     """How much CPU other programs use over `seconds`: busy time from /proc/stat (Linux) less this process's own;
     elsewhere, roughly, from how far a matrix product falls short of scaling from 1 thread to all.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
@@ -178,10 +159,7 @@ def _load_from_thread_scaling() -> MachineLoad:
 
 
 def load_report(load: MachineLoad, threads: int | None = None) -> str:
-    """One line for the top of a timing section: the load, or a WARNING that the timings cannot be trusted.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """One line for the top of a timing section: the load, or a WARNING that the timings cannot be trusted."""
     if math.isnan(load.others_cores):
         return f"machine load {load.method}: judge the timings below with care"
     used = f"other programs used {load.others_cores:.2f} of this machine's {load.cores} cores ({load.method})"
@@ -196,8 +174,6 @@ def load_report(load: MachineLoad, threads: int | None = None) -> str:
 @contextmanager
 def busy_processes(count: int = 1) -> Iterator[list[subprocess.Popen]]:
     """Keep `count` other Python processes spinning on the CPU for the body, as a second program would; always stopped.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     processes: list[subprocess.Popen] = []
     try:
@@ -234,8 +210,6 @@ def top_operators(
 ) -> list[OperatorStat]:
     """The `n` operators of a finished `torch.profiler.profile` with the most self time (on the device if
     `device_time`); with `within`, only those run inside `record_function(within)`. Shares are of the whole profile.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     attribute = "self_device_time_total" if device_time else "self_cpu_time_total"
     events = profile.events()
@@ -259,10 +233,7 @@ def _ran_inside(event, label: str) -> bool:
 
 
 def format_operator_table(stats: list[OperatorStat]) -> str:
-    """Render `top_operators(...)` as a text table: operator, calls, self milliseconds, share.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Render `top_operators(...)` as a text table: operator, calls, self milliseconds, share."""
     width = max([len("operator"), *(len(stat.name) for stat in stats)])
     lines = [f"{'operator':<{width}}  {'calls':>6}  {'self ms':>9}  {'share':>6}"]
     lines += [
@@ -276,20 +247,14 @@ def format_operator_table(stats: list[OperatorStat]) -> str:
 
 
 def model_size_bytes(model: nn.Module | Mapping[str, torch.Tensor]) -> int:
-    """Bytes taken by the tensors of a model's `state_dict` (parameters and buffers), shared ones once.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Bytes taken by the tensors of a model's `state_dict` (parameters and buffers), shared ones once."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     unique = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in state.values() if isinstance(t, torch.Tensor)}
     return sum(t.numel() * t.element_size() for t in unique.values())
 
 
 def saved_size_bytes(model: nn.Module) -> int:
-    """Bytes of `torch.save` of the model's weights on the CPU: the size of a weights-only file.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Bytes of `torch.save` of the model's weights on the CPU: the size of a weights-only file."""
     buffer = io.BytesIO()
     torch.save({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}, buffer)
     return buffer.getbuffer().nbytes
@@ -300,10 +265,7 @@ def saved_size_bytes(model: nn.Module) -> int:
 
 
 def quantize_per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantise a 2-D weight to int8 with one scale per output row: `weight ≈ q * scale`, `scale = max|row| / 127`.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Quantise a 2-D weight to int8 with one scale per output row: `weight ≈ q * scale`, `scale = max|row| / 127`."""
     weight = weight.detach().to(torch.float32)
     scale = (weight.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
     quantized = torch.round(weight / scale).clamp(-127, 127).to(torch.int8)
@@ -311,10 +273,7 @@ def quantize_per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class Int8Linear(nn.Module):
-    """A Linear layer storing its weight as int8 with a float scale per row: a quarter of the bytes, no faster.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """A Linear layer storing its weight as int8 with a float scale per row: a quarter of the bytes, no faster."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -348,10 +307,7 @@ class Int8Linear(nn.Module):
 
 
 def quantize_linear_layers(model: nn.Module) -> nn.Module:
-    """A copy of `model` in eval mode with every `nn.Linear` replaced by an `Int8Linear`.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """A copy of `model` in eval mode with every `nn.Linear` replaced by an `Int8Linear`."""
     quantized = copy.deepcopy(model).eval()
     if isinstance(quantized, nn.Linear):
         return Int8Linear.from_linear(quantized).eval()

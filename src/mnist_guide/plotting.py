@@ -25,10 +25,7 @@ def plot_digit_grid(
     predictions: Sequence[int] | torch.Tensor | None = None, *, ncols: int = 8, title: str | None = None,
     cell_size: float = 1.1
 ):
-    """Draw digits in a grid, each titled with its label (and prediction, red when wrong); returns the figure.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """Draw digits in a grid, each titled with its label (and prediction, red when wrong); returns the figure."""
     pixels = to_pixels(images)
     count = len(pixels)
     nrows = max(1, -(-count // ncols))
@@ -62,10 +59,7 @@ def _history_values(history, key: str) -> list[float]:
 
 
 def plot_history(history, *, title: str | None = None, figsize: tuple[float, float] = (10, 3.6)):
-    """Draw a run's loss and accuracy per epoch, training beside test; returns the figure.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Draw a run's loss and accuracy per epoch, training beside test; returns the figure."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=figsize)
     for split, style in (("train", "o-"), ("test", "s-")):
         loss = _history_values(history, f"{split}_loss")
@@ -91,10 +85,7 @@ def plot_confusion_matrix(
     matrix: torch.Tensor, *, normalize: bool = False, class_names: Sequence[str] | None = None,
     title: str | None = None, ax=None, figsize: tuple[float, float] = (5.6, 4.8)
 ):
-    """Draw a confusion matrix (rows: true class, columns: predicted), as counts or as % of each true class.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """Draw a confusion matrix (rows: true class, columns: predicted), as counts or as % of each true class."""
     from matplotlib.colors import PowerNorm
 
     counts = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
@@ -126,8 +117,6 @@ def plot_confusion_matrix(
 
 def plot_speedups(labels: Sequence[str], ratios: Sequence[float], *, title: str | None = None, ax=None):
     """Draw speed-ups against a baseline as horizontal bars (1 = as fast; green faster, red slower); returns the figure.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
@@ -153,10 +142,7 @@ def plot_speedups(labels: Sequence[str], ratios: Sequence[float], *, title: str 
 def plot_sparsity_accuracy(
     sparsities: Sequence[float], accuracies: Sequence[float], *, baseline: float | None = None, title: str | None = None
 ):
-    """Draw test accuracy against the fraction of weights pruned away; returns the figure.
-
-    Taught in notebooks/10_pytorch2_performance.ipynb.
-    """
+    """Draw test accuracy against the fraction of weights pruned away; returns the figure."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([100 * s for s in sparsities], [100 * a for a in accuracies], marker="o")
     if baseline is not None:
@@ -173,10 +159,7 @@ def plot_feature_maps(
     maps: torch.Tensor, *, titles: Sequence[str] | None = None, ncols: int = 8, title: str | None = None,
     cmap: str = "viridis", cell_size: float = 1.3, symmetric: bool = False
 ):
-    """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale."""
     maps = maps.detach().to("cpu", torch.float32)
     if maps.dim() == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
@@ -201,10 +184,7 @@ def plot_feature_maps(
 def plot_convolution_step(
     image: torch.Tensor, kernel: torch.Tensor, positions: Sequence[tuple[int, int]], *, title: str | None = None
 ):
-    """Draw a kernel sliding over an image: the window at each position, the kernel, and the output it fills.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Draw a kernel sliding over an image: the window at each position, the kernel, and the output it fills."""
     from matplotlib.patches import Rectangle
 
     image = image.detach().to("cpu", torch.float32).reshape(image.shape[-2:])
@@ -246,7 +226,7 @@ def plot_image_rows(
 
     Grey images (`[H, W]`, integers 0-255 or floats in [0, 1]) are drawn with 0 black; RGB(A) images (`[H, W, C]`) in
     their colours over a checkerboard, so transparent paper shows. Each image is titled with its label,
-    and, for rows in `predictions`, the prediction (red when wrong). Taught in notebooks/09_deployment.ipynb.
+    and, for rows in `predictions`, the prediction (red when wrong).
     """
     count = max(len(images) for images in rows.values())
     fig, axes = plt.subplots(len(rows), count, figsize=(count * cell_size, len(rows) * cell_size * 1.2), squeeze=False)
@@ -285,8 +265,6 @@ def plot_attention_weights(
     """Draw attention-weight matrices `[queries, keys]` side by side, one panel each; returns the figure.
 
     Row i is how query i shares its attention over the keys (each row sums to 1).
-
-    Taught in notebooks/12_transformers.ipynb.
     """
     if len(weights) != len(titles) or not weights:
         raise ValueError(f"need one title per matrix, got {len(weights)} matrices and {len(titles)} titles")
@@ -307,8 +285,6 @@ def plot_attention_on_digits(
     """Overlay per-patch attention `[rows, N, grid, grid]` on `N` digits: one row per map set; returns the figure.
 
     Each map is stretched over its digit (nearest patch), brighter where the class token looks more.
-
-    Taught in notebooks/12_transformers.ipynb.
     """
     pixels = to_pixels(images)
     rows, count = maps.shape[0], maps.shape[1]
@@ -337,8 +313,6 @@ def plot_accuracy_vs_parameters(results: Sequence[dict], *, title: str | None = 
     """Draw test accuracy against trainable parameters (log scale), one marker per method, one colour per data size.
 
     `results` holds dicts with keys `method`, `examples`, `trainable` and `accuracy`.
-
-    Taught in notebooks/12_transformers.ipynb.
     """
     if not results:
         raise ValueError("no results to draw")
@@ -365,8 +339,6 @@ def plot_memory_per_device(
     unit: str = "GB", title: str | None = None
 ):
     """Draw what one device holds in each setting as stacked bars (`{setting: {part: bytes}}`), with its memory as a line.
-
-    Taught in notebooks/11_scaling_out.ipynb.
     """
     if not bars:
         raise ValueError("no settings to draw")

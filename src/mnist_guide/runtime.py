@@ -21,10 +21,7 @@ class DeviceUnavailableError(RuntimeError):
 
 
 def find_project_root(start: str | Path | None = None) -> Path:
-    """The course's top folder (holding `pyproject.toml`, `data/` and `src/mnist_guide`), or `MNIST_GUIDE_ROOT`.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """The course's top folder (holding `pyproject.toml`, `data/` and `src/mnist_guide`), or `MNIST_GUIDE_ROOT`."""
     env = os.environ.get("MNIST_GUIDE_ROOT")
     if env:
         return Path(env).expanduser().resolve()
@@ -36,19 +33,13 @@ def find_project_root(start: str | Path | None = None) -> Path:
 
 
 def data_dir() -> Path:
-    """The folder MNIST is read from: `<project>/data`, or `MNIST_GUIDE_DATA`.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """The folder MNIST is read from: `<project>/data`, or `MNIST_GUIDE_DATA`."""
     env = os.environ.get("MNIST_GUIDE_DATA")
     return Path(env).expanduser().resolve() if env else find_project_root() / "data"
 
 
 def artifacts_dir(create: bool = True) -> Path:
-    """The folder for checkpoints and exported models: `<project>/artifacts`, or `MNIST_GUIDE_ARTIFACTS`.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """The folder for checkpoints and exported models: `<project>/artifacts`, or `MNIST_GUIDE_ARTIFACTS`."""
     env = os.environ.get("MNIST_GUIDE_ARTIFACTS")
     folder = Path(env).expanduser().resolve() if env else find_project_root() / "artifacts"
     if create:
@@ -67,10 +58,7 @@ def _available(device: torch.device) -> bool:
 
 
 def pick_device(prefer: str | torch.device | None = None) -> torch.device:
-    """`prefer` if given and present, else CUDA, then MPS, then the CPU; `MNIST_GUIDE_DEVICE` chooses from outside.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """`prefer` if given and present, else CUDA, then MPS, then the CPU; `MNIST_GUIDE_DEVICE` chooses from outside."""
     prefer = prefer if prefer is not None else os.environ.get("MNIST_GUIDE_DEVICE") or None
     if prefer is None:
         return next(d for d in map(torch.device, ("cuda", "mps", "cpu")) if _available(d))
@@ -84,10 +72,7 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python's `random`, NumPy and torch (every device); returns a seeded CPU generator.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """Seed Python's `random`, NumPy and torch (every device); returns a seeded CPU generator."""
     import numpy as np
 
     random.seed(seed)
@@ -120,10 +105,7 @@ def library_versions() -> dict[str, str]:
 
 
 def describe_environment(device: torch.device | str | None = None) -> dict[str, str]:
-    """The versions, device and thread count that decide how the course runs.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """The versions, device and thread count that decide how the course runs."""
     device = pick_device(device)
     names = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: "Apple GPU (MPS)"}
     return {
@@ -138,10 +120,7 @@ def describe_environment(device: torch.device | str | None = None) -> dict[str, 
 
 
 def format_environment(info: dict[str, str]) -> str:
-    """Render `describe_environment()` as a two-column table.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """Render `describe_environment()` as a two-column table."""
     width = max(len(key) for key in info)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
 

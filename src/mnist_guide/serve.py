@@ -86,10 +86,7 @@ def _reject_constant(name: str) -> float:
 
 
 def pixels_from_json(body: bytes) -> torch.Tensor:
-    """Parse and check `{"pixels": [[...] x 28]}`: 28 rows of 28 finite numbers in [0, 255].
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Parse and check `{"pixels": [[...] x 28]}`: 28 rows of 28 finite numbers in [0, 255]."""
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
     except _NonFinite as error:
@@ -216,10 +213,7 @@ async def _upload_from_form(request: Request, body: bytes) -> bytes:
 
 
 def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, trust: bool = False) -> FastAPI:
-    """Build the FastAPI app serving the model file at `model_path` (any format `load_deployed` reads).
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """Build the FastAPI app serving the model file at `model_path` (any format `load_deployed` reads)."""
     deployed = load_deployed(model_path, trust=trust)
     predictor = Predictor(deployed)
     check_contract(deployed)
@@ -312,8 +306,6 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log
     """Serve the model over HTTP with uvicorn until interrupted (what `mnist-guide serve` runs).
 
     Stalled clients are dropped, and the file descriptor limit is raised so idle connections cannot starve it.
-
-    Taught in notebooks/09_deployment.ipynb.
     """
     import resource
 
@@ -343,10 +335,7 @@ def _stop_process(process: subprocess.Popen, log, timeout: float = 10) -> None:
 
 @dataclass
 class ServerProcess:
-    """`mnist-guide serve` running in a child process on a loopback port; `stop()` ends it.
-
-    Taught in notebooks/09_deployment.ipynb.
-    """
+    """`mnist-guide serve` running in a child process on a loopback port; `stop()` ends it."""
 
     process: subprocess.Popen
     url: str

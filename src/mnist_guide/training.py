@@ -58,8 +58,6 @@ def train_step(
 
     Each micro-batch's mean loss is weighted by its share of the step's samples, so accumulated
     gradients equal those of one big batch, even when the last micro-batch is short.
-
-    Taught in notebooks/11_scaling_out.ipynb.
     """
     samples = sum(len(labels) for _, labels in micro_batches)
     optimizer.zero_grad(set_to_none=True)
@@ -84,8 +82,6 @@ def train_one_epoch(
     accumulate: int = 1, progress: Callable[[Iterable], Iterable] | None = None
 ) -> tuple[float, float]:
     """One pass over `loader`, one `train_step` per batch (split into `accumulate` micro-batches); returns mean loss and accuracy.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -104,10 +100,7 @@ def evaluate(
     loss_fn: Callable = F.cross_entropy, memory_format: torch.memory_format = torch.contiguous_format,
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of `model` over `loader`; `all_reduce` sums the totals over processes.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Mean loss and accuracy of `model` over `loader`; `all_reduce` sums the totals over processes."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
     for images, labels in loader:
@@ -133,8 +126,6 @@ def fit(
 
     The scheduler steps after every batch (`scheduler_step="batch"`, one-cycle) or epoch. `start_epoch`
     and `history` continue a restored run; `on_epoch_end(epoch, history)` runs after each epoch.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     from tqdm.auto import tqdm
 
@@ -170,8 +161,6 @@ class Recipe:
     """The course's training recipe: Adam with a one-cycle rate, batch 256, shifts of `max_shift` pixels, channels_last.
 
     The one-cycle schedule cycles Adam's beta1 between `betas[0]` and `min_beta1`, against the rate.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
     """
 
     epochs: int = 5
@@ -191,11 +180,11 @@ class Recipe:
 
 
 #: The record recipe behind `mnist-guide train`: twice the epochs, and dropout before the last layer.
-#: Taught in notebooks/07_mnist_cnn.ipynb.
+#:
 RECORD_RECIPE = Recipe(epochs=10, model=CNNConfig(dropout=0.25))
 
 #: The ViT's recipe: a gentler peak learning rate, and no channels_last (it speeds up convolutions; the ViT has one).
-#: Taught in notebooks/12_transformers.ipynb.
+#:
 VIT_RECIPE = Recipe(max_lr=3e-3, channels_last=False, model=ViTConfig())
 
 
@@ -208,8 +197,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_e
     """One-cycle learning rate over the run (`recipe.epochs` epochs, or `total_steps`), stepped after every batch.
 
     The rate climbs to `max_lr` over 30 % of the steps, then anneals; beta1 moves the other way.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.max_lr, total_steps=total_steps or recipe.epochs * steps_per_epoch,
@@ -242,8 +229,6 @@ def train_course_model(
 
     `epochs` stops early (the schedule still spans `recipe.epochs`); `resume=True` continues from
     `out/checkpoint.pt`, giving the weights of one unbroken run.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
     """
     recipe = recipe or Recipe()
     device = pick_device(device)
@@ -295,18 +280,12 @@ def write_metrics(path: str | Path, run: TrainingRun, recipe: Recipe) -> dict:
 
 
 def course_checkpoint_path() -> Path:
-    """Where notebooks keep the trained course model: `artifacts/mnist_cnn.pt`.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Where notebooks keep the trained course model: `artifacts/mnist_cnn.pt`."""
     return artifacts_dir() / COURSE_CHECKPOINT
 
 
 def save_course_checkpoint(run: TrainingRun, recipe: Recipe | None = None, path: str | Path | None = None) -> Path:
-    """Save a finished course run to `artifacts/mnist_cnn.pt`, where later notebooks load it.
-
-    Taught in notebooks/07_mnist_cnn.ipynb.
-    """
+    """Save a finished course run to `artifacts/mnist_cnn.pt`, where later notebooks load it."""
     return save_checkpoint(
         path or course_checkpoint_path(), run.model, epoch=run.history.epochs, optimizer=run.optimizer,
         scheduler=run.scheduler, history=run.history, extra={"recipe": (recipe or Recipe()).to_dict()},
@@ -316,10 +295,7 @@ def save_course_checkpoint(run: TrainingRun, recipe: Recipe | None = None, path:
 def load_or_train_course_model(
     path: str | Path | None = None, *, device: torch.device | str | None = None, progress: bool = True
 ) -> tuple[nn.Module, Checkpoint]:
-    """Load the trained course model from `artifacts/`, training it with the course recipe when missing.
-
-    Taught in notebooks/08_evaluation.ipynb.
-    """
+    """Load the trained course model from `artifacts/`, training it with the course recipe when missing."""
     path = Path(path) if path is not None else course_checkpoint_path()
     if not path.exists():
         save_course_checkpoint(train_course_model(device=device, progress=progress), Recipe(), path)

@@ -13,10 +13,7 @@ T = TypeVar("T")
 
 
 def yours_or_reference(yours: T | None, reference: T) -> T:
-    """Return the learner's answer, or the reference solution while the exercise is still `None`.
-
-    Taught in notebooks/00_start_here.ipynb.
-    """
+    """Return the learner's answer, or the reference solution while the exercise is still `None`."""
     if yours is not None:
         return yours
     print("Not attempted yet: checking the reference solution instead (replace `None` above with yours).")

@@ -12,8 +12,6 @@ def uniform_guess_loss(num_classes: int) -> float:
 
     Equal logits give every class probability 1 / K, so the loss is -log(1 / K) = log K,
     whatever the right class is: the loss an untrained classifier starts near.
-
-    Taught in notebooks/04_loss_functions.ipynb.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, not {num_classes}")
@@ -24,8 +22,6 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torc
     """Exercise 2: cross-entropy against a probability distribution per example, averaged over the batch.
 
     H(q, p) = -sum_k q_k log p_k with p = softmax(logits); log_softmax keeps it finite for any logits.
-
-    Taught in notebooks/04_loss_functions.ipynb.
     """
     if logits.shape != target_probs.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target_probs {tuple(target_probs.shape)} must have the same shape")
@@ -37,8 +33,6 @@ def huber_loss(predictions: torch.Tensor, targets: torch.Tensor, delta: float = 
 
     0.5 e^2 when |e| <= delta, delta (|e| - delta / 2) otherwise: the two pieces meet with the same
     value and slope at |e| = delta, so large errors pull with a constant force instead of a growing one.
-
-    Taught in notebooks/04_loss_functions.ipynb.
     """
     if delta <= 0:
         raise ValueError(f"delta must be positive, not {delta}")

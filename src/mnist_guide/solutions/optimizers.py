@@ -16,8 +16,6 @@ def nesterov_step(w: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: float
 
     b_t = momentum * b_{t-1} + g_t (b_1 = g_1), then w_t = w_{t-1} - lr * (g_t + momentum * b_t):
     the step looks ahead along the velocity instead of following it.
-
-    Taught in notebooks/05_optimizers.ipynb.
     """
     buffer = state.get("buffer")
     buffer = grad.clone() if buffer is None else momentum * buffer + grad
@@ -39,8 +37,6 @@ def adamw_step(
 
     The weights shrink by lr * weight_decay * w directly, outside the gradient averages, so the
     decay is not rescaled by Adam's per-coordinate step sizes.
-
-    Taught in notebooks/05_optimizers.ipynb.
     """
     beta1, beta2 = betas
     t = state["t"] = state.get("t", 0) + 1
@@ -57,8 +53,6 @@ def largest_stable_lr(curvatures: Sequence[float]) -> float:
 
     Each coordinate's error is multiplied by (1 - lr * c_i) per step; it shrinks only while
     |1 - lr * c_i| < 1, that is lr < 2 / c_i. The steepest direction sets the limit: 2 / max c_i.
-
-    Taught in notebooks/05_optimizers.ipynb.
     """
     if not curvatures or min(curvatures) <= 0:
         raise ValueError(f"curvatures must be positive numbers, got {list(curvatures)}")

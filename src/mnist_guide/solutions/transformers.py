@@ -13,8 +13,6 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     Patches are taken row by row, left to right, each flattened channel by channel and row by row:
     the order in which a convolution with stride = kernel = `patch_size` visits them, so a Linear
     layer on these rows computes what `MnistViT.patch_embedding` computes.
-
-    Taught in notebooks/12_transformers.ipynb.
     """
     n, channels, height, width = images.shape
     if height % patch_size or width % patch_size:
@@ -30,8 +28,6 @@ def vit_parameter_count(config: ViTConfig) -> int:
     Embedding: a `patch_size**2 -> dim` Linear with bias, the class token, one position per token.
     Each block: two LayerNorms (2 dim each), qkv (3 dim^2 + 3 dim), the output projection
     (dim^2 + dim) and the MLP (2 dim mlp_dim + mlp_dim + dim). Then the last LayerNorm and the head.
-
-    Taught in notebooks/12_transformers.ipynb.
     """
     d, m = config.dim, config.mlp_dim
     tokens = (config.image_size // config.patch_size) ** 2 + 1
@@ -46,8 +42,6 @@ def local_attention_mask(length: int, window: int) -> torch.Tensor:
 
     Passed as `attn_mask` to `scaled_dot_product_attention` (True = may attend), it gives each
     token a neighbourhood of `2 window + 1` tokens instead of the whole sequence.
-
-    Taught in notebooks/12_transformers.ipynb.
     """
     if window < 0:
         raise ValueError(f"window must be at least 0, not {window}")
