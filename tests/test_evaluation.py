@@ -8,7 +8,6 @@ from torch import nn
 
 from mnist_guide.data import TensorLoader
 from mnist_guide.evaluation import (
-    HEADLINE_KEYS,
     ConfusedPair,
     Predictions,
     classification_metrics,
@@ -96,9 +95,6 @@ def test_confusion_matrix_shape_sum_and_orientation():
     assert matrix.shape == (3, 3) and int(matrix.sum()) == len(labels)
     assert torch.equal(matrix, MATRIX)  # rows are the true classes
     assert torch.equal(matrix.sum(dim=1), torch.bincount(labels, minlength=3))
-    shares = confusion_matrix(predicted, labels, num_classes=3, normalize="true")
-    assert torch.allclose(shares.sum(dim=1), torch.ones(3))
-    assert torch.allclose(shares.diagonal(), RECALL)
 
 
 def test_most_confused_pairs_largest_first_ties_by_class_and_no_zeros():
@@ -127,7 +123,7 @@ def test_classification_report_keys_and_per_class_rows():
     metrics.update(logits_for(predicted, 3), labels)
     report = classification_report(metrics.compute(), class_names=("a", "b", "c"))
 
-    assert set(HEADLINE_KEYS) | {"per_class", "confusion_matrix"} <= set(report)
+    assert {"accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"} <= set(report)
     assert report["accuracy"] == pytest.approx(8 / 12, abs=1e-6)
     assert report["precision_macro"] == pytest.approx(PRECISION.mean().item(), abs=1e-6)
     assert report["confusion_matrix"] == MATRIX.tolist() and report["samples"] == 12
@@ -147,6 +143,7 @@ def test_plot_confusion_matrix_counts_and_shares():
 
     figure = plot_confusion_matrix(MATRIX)
     assert "counts" in figure.axes[0].get_title()
-    shares = plot_confusion_matrix(MATRIX, normalize=True, class_names=["a", "b", "c"])
-    assert [label.get_text() for label in shares.axes[0].get_xticklabels()] == ["a", "b", "c"]
+    shares = plot_confusion_matrix(MATRIX, normalize=True)
+    assert "%" in shares.axes[0].get_title()
+    assert [text.get_text() for text in shares.axes[0].texts][:2] == ["75.0", "25.0"], "row 0: 3 and 1 of 4"
     plt.close("all")

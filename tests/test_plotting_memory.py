@@ -26,8 +26,3 @@ def test_a_part_missing_from_a_setting_counts_as_zero():
     figure = plot_memory_per_device({"a": {"x": 2**30}, "b": {"y": 2**31}}, unit="GiB")
     assert [text.get_text() for text in figure.axes[0].texts] == ["1.0", "2.0"]
     plt.close(figure)
-
-
-def test_nothing_to_draw_is_refused():
-    with pytest.raises(ValueError, match="no settings"):
-        plot_memory_per_device({})

@@ -1,7 +1,6 @@
-"""How good is a trained classifier, and where does it fail: predictions, torchmetrics, confusion matrix.
+"""How good is a trained classifier, and where does it fail: predictions, torchmetrics, confusion matrix, mistakes.
 
-Everything that counts goes through torchmetrics, with `average=` always spelled out
-(`MulticlassAccuracy` averages per class, "macro", unless told otherwise).
+Everything that counts goes through torchmetrics, with `average=` always spelled out (its default is "macro").
 """
 
 from __future__ import annotations
@@ -25,9 +24,6 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from mnist_guide.checkpoint import load_checkpoint
 from mnist_guide.data import CLASSES, TensorLoader, mnist_tensors
 from mnist_guide.runtime import pick_device
-
-#: The report's headline keys, in the order `format_report` prints them.
-HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 
 @dataclass
@@ -74,28 +70,15 @@ def classification_metrics(num_classes: int = len(CLASSES)) -> MetricCollection:
     return MetricCollection(metrics)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 @torch.no_grad()
-def predict(
-    model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
-    metrics: MetricCollection | None = None, progress: bool = False
-) -> Predictions:
-    """Run `model` (in eval mode) over every batch of `loader`; returns logits and labels on the CPU."""
-    device = torch.device(device) if device is not None else _model_device(model)
+def predict(model: nn.Module, loader: Iterable, *, metrics: MetricCollection | None = None) -> Predictions:
+    """Run `model` in eval mode (on its device) over every batch of `loader`; returns logits and labels on the CPU."""
+    device = next(model.parameters()).device
     model.eval()
     if metrics is not None:
         metrics.to(device)
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(loader, desc="predict", leave=False)
     all_logits, all_labels = [], []
-    for images, labels in batches:
+    for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         if metrics is not None:
@@ -105,12 +88,9 @@ def predict(
     return Predictions(torch.cat(all_logits), torch.cat(all_labels))
 
 
-def confusion_matrix(
-    predicted: torch.Tensor, labels: torch.Tensor, *, num_classes: int = len(CLASSES),
-    normalize: str | None = None
-) -> torch.Tensor:
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, *, num_classes: int = len(CLASSES)) -> torch.Tensor:
     """Count `[true class, predicted class]` pairs with torchmetrics; rows are true classes."""
-    return multiclass_confusion_matrix(predicted, labels, num_classes=num_classes, normalize=normalize or "none")
+    return multiclass_confusion_matrix(predicted, labels, num_classes=num_classes)
 
 
 @dataclass(frozen=True)
@@ -123,18 +103,13 @@ class ConfusedPair:
 
 
 def most_confused_pairs(matrix: torch.Tensor, k: int = 5) -> list[ConfusedPair]:
-    """The `k` largest off-diagonal counts of a confusion matrix, largest first (ties: by true, then predicted class).
-    """
-    counts = matrix.detach().cpu().clone().to(torch.int64)
-    counts.fill_diagonal_(0)
+    """The `k` largest off-diagonal counts of a confusion matrix, largest first (ties: by true, then predicted)."""
+    counts = matrix.to("cpu", torch.int64, copy=True)
+    counts.fill_diagonal_(0)  # the mistakes only
     flat = counts.flatten()
-    order = torch.sort(flat, descending=True, stable=True).indices
-    size = matrix.shape[1]
-    return [
-        ConfusedPair(int(index) // size, int(index) % size, int(flat[index]))
-        for index in order[:k].tolist()
-        if flat[index] > 0
-    ]
+    order = torch.sort(flat, descending=True, stable=True).indices[:k]
+    size = len(counts)
+    return [ConfusedPair(i // size, i % size, int(flat[i])) for i in order.tolist() if flat[i] > 0]
 
 
 @dataclass
@@ -166,24 +141,17 @@ def _score(value: torch.Tensor) -> float:
 
 def classification_report(values: Mapping[str, torch.Tensor], class_names: Sequence[str] = CLASSES) -> dict:
     """Turn `classification_metrics().compute()` into plain data: headline scores, a row per class, the matrix."""
-    matrix = values["confusion_matrix"].detach().cpu().to(torch.int64)
+    matrix = values["confusion_matrix"].to("cpu", torch.int64)
     support, correct = matrix.sum(dim=1), matrix.diagonal()
+    scores = ("precision", "recall", "f1")
     per_class = [
-        {
-            "class": name,
-            "support": int(support[c]),
-            "correct": int(correct[c]),
-            "precision": _score(values["precision_per_class"][c]),
-            "recall": _score(values["recall_per_class"][c]),
-            "f1": _score(values["f1_per_class"][c]),
-        }
+        {"class": name, "support": int(support[c]), "correct": int(correct[c]),
+         **{score: _score(values[f"{score}_per_class"][c]) for score in scores}}
         for c, name in enumerate(class_names)
     ]
     return {
         "accuracy": _score(values["accuracy_micro"]),
-        "precision_macro": _score(values["precision_macro"]),
-        "recall_macro": _score(values["recall_macro"]),
-        "f1_macro": _score(values["f1_macro"]),
+        **{f"{score}_macro": _score(values[f"{score}_macro"]) for score in scores},
         "samples": int(matrix.sum()),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
@@ -215,19 +183,11 @@ def format_report(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(
-    path: str | Path, *, device: torch.device | str | None = None, batch_size: int = 1000,
-    data_root: str | Path | None = None, progress: bool = False
-) -> dict:
-    """Load a course checkpoint, score it on the MNIST test set and return `classification_report()`.
-
-    A missing, damaged or foreign checkpoint raises `CheckpointError`. Used by `mnist-guide evaluate`.
-    """
+def evaluate_checkpoint(path: str | Path, *, device: torch.device | str | None = None, batch_size: int = 1000) -> dict:
+    """Score a checkpoint on the MNIST test set: its `classification_report()`. A bad file raises `CheckpointError`."""
     model, _ = load_checkpoint(path)
     device = pick_device(device)
-    model.to(device)
-    images, labels = mnist_tensors(train=False, root=data_root)
-    loader = TensorLoader(images, labels, batch_size, device=device)
+    images, labels = mnist_tensors(train=False)
     metrics = classification_metrics(model.config.num_classes)
-    predict(model, loader, device=device, metrics=metrics, progress=progress)
+    predict(model.to(device), TensorLoader(images, labels, batch_size, device=device), metrics=metrics)
     return classification_report(metrics.compute())

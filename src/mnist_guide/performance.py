@@ -1,9 +1,4 @@
-"""Measure and shrink a model: honest timings, how busy the machine is, thread counts, profiler tables,
-size, int8 Linear layers.
-
-Nothing here decides what is fast: it measures, and the notebook compares ratios measured in
-the same run.
-"""
+"""Measure and shrink a model: honest timings, machine load, threads, profiler tables, size, int8 Linear layers."""
 
 from __future__ import annotations
 
@@ -15,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,8 +50,7 @@ def compare_seconds(
     candidates: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
     device: torch.device | str | None = None
 ) -> dict[str, float]:
-    """Time several functions in turns (a, b, a, b, ...), so a slow spell hits each alike; the median seconds of each.
-    """
+    """Time functions in turns (a, b, a, b, ...), so a slow spell hits each alike; the median seconds of each."""
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
@@ -81,12 +76,6 @@ def num_threads(count: int) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-# --------------------------------------------------------------------------------------------
-# How busy is the machine?
-
-_FREE_CORES_SLACK = 0.25  # background noise allowed before timings count as disturbed, in cores
-
-
 @dataclass(frozen=True)
 class MachineLoad:
     """CPU time other programs took while it was measured, in cores (1.0 = one core kept busy), of `cores`."""
@@ -98,7 +87,7 @@ class MachineLoad:
     def busy(self, threads: int | None = None) -> bool:
         """Whether the others left fewer free cores than `threads` (default: torch's thread count) need."""
         wanted = min(torch.get_num_threads() if threads is None else threads, self.cores)
-        return self.cores - self.others_cores < wanted - _FREE_CORES_SLACK  # False when not measured (NaN)
+        return self.cores - self.others_cores < wanted - 0.25  # a quarter core of noise allowed; False for NaN
 
 
 def cpu_seconds_from_proc_stat(
@@ -120,20 +109,19 @@ def machine_load(seconds: float = 1.0, *, stat_path: str | Path = "/proc/stat") 
     """How much CPU other programs use over `seconds`: busy time from /proc/stat (Linux) less this process's own;
     elsewhere, roughly, from how far a matrix product falls short of scaling from 1 thread to all.
     """
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
-    try:
-        busy_before, total_before = cpu_seconds_from_proc_stat(Path(stat_path).read_text(), cpus, ticks)
-        own_before = time.process_time()
-        time.sleep(seconds)
-        busy_after, total_after = cpu_seconds_from_proc_stat(Path(stat_path).read_text(), cpus, ticks)
-        own = time.process_time() - own_before
-    except (OSError, ValueError):
+    stat = Path(stat_path)
+    if not stat.exists():
         return _load_from_thread_scaling()
-    cores = len(cpus) if cpus is not None else os.cpu_count() or 1
-    elapsed = (total_after - total_before) / cores or seconds
+    cpus = sorted(os.sched_getaffinity(0))
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy_before, total_before = cpu_seconds_from_proc_stat(stat.read_text(), cpus, ticks)
+    own_before = time.process_time()
+    time.sleep(seconds)
+    busy_after, total_after = cpu_seconds_from_proc_stat(stat.read_text(), cpus, ticks)
+    own = time.process_time() - own_before
+    elapsed = (total_after - total_before) / len(cpus)  # the seconds that passed, as the kernel counted them
     others = (busy_after - busy_before - own) / elapsed
-    return MachineLoad(min(max(others, 0.0), float(cores)), cores, "/proc/stat")
+    return MachineLoad(min(max(others, 0.0), float(len(cpus))), len(cpus), "/proc/stat")
 
 
 def _load_from_thread_scaling() -> MachineLoad:
@@ -144,18 +132,14 @@ def _load_from_thread_scaling() -> MachineLoad:
         return MachineLoad(math.nan, cores, "not measured: one core")
     a = torch.randn(384, 384)
 
-    def product_on(count: int) -> Callable[[], None]:
-        def run() -> None:
-            with num_threads(count):
-                for _ in range(4):
-                    a @ a
+    def products(count: int) -> None:
+        with num_threads(count):
+            for _ in range(4):
+                a @ a
 
-        return run
-
-    seconds = compare_seconds({1: product_on(1), threads: product_on(threads)}, repeats=5)
+    seconds = compare_seconds({1: lambda: products(1), threads: lambda: products(threads)}, repeats=5)
     lost = threads - seconds[1] / seconds[threads]
-    method = f"matrix product, {threads} threads vs 1 (rough)"
-    return MachineLoad(min(max(lost, 0.0), float(cores)), cores, method)
+    return MachineLoad(min(max(lost, 0.0), float(cores)), cores, f"matrix product, {threads} threads vs 1 (rough)")
 
 
 def load_report(load: MachineLoad, threads: int | None = None) -> str:
@@ -163,36 +147,26 @@ def load_report(load: MachineLoad, threads: int | None = None) -> str:
     if math.isnan(load.others_cores):
         return f"machine load {load.method}: judge the timings below with care"
     used = f"other programs used {load.others_cores:.2f} of this machine's {load.cores} cores ({load.method})"
-    if load.busy(threads):
-        return (
-            f"WARNING: {used}. The timings below cannot be trusted: they run slow and their ratios "
-            "mislead. Stop the other work (or wait for it) and re-run."
-        )
-    return f"machine idle: {used}"
+    if not load.busy(threads):
+        return f"machine idle: {used}"
+    return (f"WARNING: {used}. The timings below cannot be trusted: they run slow and their ratios mislead. "
+            "Stop the other work (or wait for it) and re-run.")
 
 
 @contextmanager
 def busy_processes(count: int = 1) -> Iterator[list[subprocess.Popen]]:
-    """Keep `count` other Python processes spinning on the CPU for the body, as a second program would; always stopped.
-    """
-    processes: list[subprocess.Popen] = []
+    """Spin `count` other Python processes on the CPU during the body, as another program would; always stopped."""
+    spin = [sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"]
+    processes = [subprocess.Popen(spin, stdout=subprocess.PIPE, text=True) for _ in range(count)]
     try:
-        for _ in range(count):
-            spin = "print('spinning', flush=True)\nwhile True: pass"
-            process = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
-            processes.append(process)
+        for process in processes:
             process.stdout.readline()  # it is running once it has said so
         yield processes
     finally:
         for process in processes:
             process.kill()
-        for process in processes:
             process.wait()
             process.stdout.close()
-
-
-# --------------------------------------------------------------------------------------------
-# The profiler's table
 
 
 @dataclass(frozen=True)
@@ -214,22 +188,19 @@ def top_operators(
     attribute = "self_device_time_total" if device_time else "self_cpu_time_total"
     events = profile.events()
     total = sum(getattr(event, attribute, 0.0) for event in events) or 1.0
-    rows: dict[str, tuple[int, float]] = {}
+    calls, micros = Counter(), Counter()
     for event in events:
         if within is None or _ran_inside(event, within):
-            calls, micros = rows.get(event.name, (0, 0.0))
-            rows[event.name] = (calls + 1, micros + getattr(event, attribute, 0.0))
-    ranked = sorted(rows.items(), key=lambda row: row[1][1], reverse=True)[:n]
-    return [OperatorStat(name, calls, micros / 1e6, micros / total) for name, (calls, micros) in ranked]
+            calls[event.name] += 1
+            micros[event.name] += getattr(event, attribute, 0.0)
+    return [OperatorStat(name, calls[name], us / 1e6, us / total) for name, us in micros.most_common(n)]
 
 
 def _ran_inside(event, label: str) -> bool:
     """Whether a profiler event is `label` or ran inside it (one of its ancestors on the same thread)."""
-    while event is not None:
-        if event.name == label:
-            return True
+    while event is not None and event.name != label:
         event = event.cpu_parent
-    return False
+    return event is not None
 
 
 def format_operator_table(stats: list[OperatorStat]) -> str:
@@ -242,14 +213,9 @@ def format_operator_table(stats: list[OperatorStat]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-# Size
-
-
-def model_size_bytes(model: nn.Module | Mapping[str, torch.Tensor]) -> int:
+def model_size_bytes(model: nn.Module) -> int:
     """Bytes taken by the tensors of a model's `state_dict` (parameters and buffers), shared ones once."""
-    state = model.state_dict() if isinstance(model, nn.Module) else model
-    unique = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in state.values() if isinstance(t, torch.Tensor)}
+    unique = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in model.state_dict().values()}
     return sum(t.numel() * t.element_size() for t in unique.values())
 
 
@@ -258,10 +224,6 @@ def saved_size_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}, buffer)
     return buffer.getbuffer().nbytes
-
-
-# --------------------------------------------------------------------------------------------
-# int8 weight-only quantisation of Linear layers
 
 
 def quantize_per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,32 +237,19 @@ def quantize_per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 class Int8Linear(nn.Module):
     """A Linear layer storing its weight as int8 with a float scale per row: a quarter of the bytes, no faster."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(out_features, 1))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+    def __init__(self, linear: nn.Linear) -> None:
         """Quantise a trained `nn.Linear` (its bias stays float)."""
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        quantized, scale = quantize_per_row_int8(linear.weight)
-        device = linear.weight.device
-        layer.weight_int8 = quantized.to(device)
-        layer.scale = scale.to(device)
-        if linear.bias is not None:
-            layer.bias = linear.bias.detach().clone()
-        return layer
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight this layer computes with: `weight_int8 * scale`."""
-        return self.weight_int8.to(dtype) * self.scale.to(dtype)
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight_int8, scale = quantize_per_row_int8(linear.weight)
+        self.register_buffer("weight_int8", weight_int8)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_int8.to(x.dtype) * self.scale.to(x.dtype)  # back to float, in the input's precision
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, weight=int8"
@@ -309,10 +258,7 @@ class Int8Linear(nn.Module):
 def quantize_linear_layers(model: nn.Module) -> nn.Module:
     """A copy of `model` in eval mode with every `nn.Linear` replaced by an `Int8Linear`."""
     quantized = copy.deepcopy(model).eval()
-    if isinstance(quantized, nn.Linear):
-        return Int8Linear.from_linear(quantized).eval()
-    for parent in list(quantized.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear.from_linear(child))
+    for name, module in list(quantized.named_modules()):
+        if isinstance(module, nn.Linear):
+            quantized.set_submodule(name, Int8Linear(module))
     return quantized

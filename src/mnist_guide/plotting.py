@@ -5,19 +5,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from matplotlib.colors import PowerNorm
+from matplotlib.patches import Rectangle
 
 from mnist_guide.data import MNIST_MEAN, MNIST_STD
 
 
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """Undo the normalisation when it was applied, giving `[N, 28, 28]` pixels in [0, 1] for display."""
-    images = images.detach().to("cpu", torch.float32)
-    if images.dim() == 4:
-        images = images[:, 0]
-    if images.min() < -0.01 or images.max() > 1.01:  # normalised: bring back to [0, 1]
-        images = images * MNIST_STD + MNIST_MEAN
-    return images.clamp(0, 1)
+def _pixels(images: torch.Tensor) -> np.ndarray:
+    """`[N, 28, 28]` pixels in [0, 1] for display, undoing the normalisation when it was applied."""
+    pixels = images.detach().to("cpu", torch.float32).reshape(-1, *images.shape[-2:])
+    if pixels.min() < -0.01 or pixels.max() > 1.01:  # normalised: bring back to [0, 1]
+        pixels = pixels * MNIST_STD + MNIST_MEAN
+    return pixels.clamp(0, 1).numpy()
+
+
+def _grid(count: int, ncols: int, cell_size: float):
+    """A figure of `count` cells, `ncols` to a row, with their axes off; returns it and the cells' axes."""
+    ncols = min(ncols, count)
+    nrows = -(-count // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_size, nrows * cell_size * 1.15), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat[:count]
+
+
+def _title_digit(ax, label=None, predicted=None) -> None:
+    """Title a digit with its label and prediction (either may be None), crimson when they differ."""
+    parts = [] if label is None else [str(int(label))]
+    parts += [] if predicted is None else [f"pred {int(predicted)}"]
+    wrong = label is not None and predicted is not None and int(predicted) != int(label)
+    if parts:
+        ax.set_title(" / ".join(parts), fontsize=9, color="crimson" if wrong else "black")
+
+
+def _finish(fig, title: str | None = None):
+    """Give the figure its title (when there is one), lay it out and return it."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def plot_digit_grid(
@@ -26,117 +54,67 @@ def plot_digit_grid(
     cell_size: float = 1.1
 ):
     """Draw digits in a grid, each titled with its label (and prediction, red when wrong); returns the figure."""
-    pixels = to_pixels(images)
-    count = len(pixels)
-    nrows = max(1, -(-count // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_size, nrows * cell_size * 1.15), squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if index >= count:
-            continue
+    pixels = _pixels(images)
+    fig, axes = _grid(len(pixels), ncols, cell_size)
+    for index, ax in enumerate(axes):
         ax.imshow(pixels[index], cmap="gray_r", vmin=0, vmax=1)
-        parts = []
-        if labels is not None:
-            parts.append(f"{int(labels[index])}")
-        color = "black"
-        if predictions is not None:
-            predicted = int(predictions[index])
-            parts.append(f"pred {predicted}")
-            if labels is not None and predicted != int(labels[index]):
-                color = "crimson"
-        if parts:
-            ax.set_title(" / ".join(parts), fontsize=9, color=color)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        label = None if labels is None else labels[index]
+        _title_digit(ax, label, None if predictions is None else predictions[index])
+    return _finish(fig, title)
 
 
-def _history_values(history, key: str) -> list[float]:
-    """Read one series from a `training.History` or the plain dict a checkpoint stores."""
-    values = history.get(key, []) if isinstance(history, dict) else getattr(history, key, [])
-    return [float(value) for value in values]
-
-
-def plot_history(history, *, title: str | None = None, figsize: tuple[float, float] = (10, 3.6)):
-    """Draw a run's loss and accuracy per epoch, training beside test; returns the figure."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=figsize)
+def plot_history(history, *, title: str | None = None):
+    """Draw a run's loss and accuracy per epoch (a `training.History`), training beside test; returns the figure."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     for split, style in (("train", "o-"), ("test", "s-")):
-        loss = _history_values(history, f"{split}_loss")
-        accuracy = _history_values(history, f"{split}_accuracy")
-        epochs = range(1, len(loss) + 1)
-        if loss:
-            loss_ax.plot(epochs, loss, style, label=split)
-        if accuracy:
-            acc_ax.plot(range(1, len(accuracy) + 1), [100 * a for a in accuracy], style, label=split)
+        for ax, name, scale in ((loss_ax, "loss", 1), (acc_ax, "accuracy", 100)):
+            values = getattr(history, f"{split}_{name}")
+            if values:  # no test figures when a run skipped evaluation
+                ax.plot(range(1, len(values) + 1), [scale * value for value in values], style, label=split)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
-def plot_confusion_matrix(
-    matrix: torch.Tensor, *, normalize: bool = False, class_names: Sequence[str] | None = None,
-    title: str | None = None, ax=None, figsize: tuple[float, float] = (5.6, 4.8)
-):
+def plot_confusion_matrix(matrix: torch.Tensor, *, normalize: bool = False, ax=None):
     """Draw a confusion matrix (rows: true class, columns: predicted), as counts or as % of each true class."""
-    from matplotlib.colors import PowerNorm
-
-    counts = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
-    size = counts.shape[0]
+    counts = matrix.to("cpu", torch.float64)
     values = 100 * counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
-    names = list(class_names) if class_names is not None else [str(c) for c in range(size)]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-    else:
-        fig = ax.figure
+    fig, ax = plt.subplots(figsize=(5.6, 4.8)) if ax is None else (ax.figure, ax)
     top = max(float(values.max()), 1.0)
     image = ax.imshow(values.numpy(), cmap="Blues", norm=PowerNorm(gamma=0.3, vmin=0, vmax=top))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class" if normalize else "count")
+    size = len(values)
     for row in range(size):
         for col in range(size):
             value = float(values[row, col])
-            if value == 0:
-                continue
-            text = f"{value:.1f}" if normalize else f"{value:.0f}"
-            shade = "white" if (value / top) ** 0.3 > 0.6 else "black"
-            ax.text(col, row, text, ha="center", va="center", fontsize=7, color=shade)
-    ax.set_xticks(range(size), names)
-    ax.set_yticks(range(size), names)
-    ax.set(xlabel="predicted class", ylabel="true class")
-    ax.set_title(title or ("Confusion matrix (% of each true class)" if normalize else "Confusion matrix (counts)"))
-    fig.tight_layout()
-    return fig
+            if value:
+                shade = "white" if (value / top) ** 0.3 > 0.6 else "black"
+                text = f"{value:.1f}" if normalize else f"{value:.0f}"
+                ax.text(col, row, text, ha="center", va="center", fontsize=7, color=shade)
+    ax.set(xticks=range(size), yticks=range(size), xlabel="predicted class", ylabel="true class")
+    ax.set_title("Confusion matrix (% of each true class)" if normalize else "Confusion matrix (counts)")
+    return _finish(fig)
 
 
-def plot_speedups(labels: Sequence[str], ratios: Sequence[float], *, title: str | None = None, ax=None):
-    """Draw speed-ups against a baseline as horizontal bars (1 = as fast; green faster, red slower); returns the figure.
-    """
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
-    else:
-        fig = ax.figure
+def plot_speedups(labels: Sequence[str], ratios: Sequence[float], *, title: str | None = None):
+    """Draw speed-ups against a baseline as bars (1 = as fast; green faster, red slower); returns the figure."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
     values = [float(ratio) for ratio in ratios]
-    colors = ["seagreen" if value >= 1 else "crimson" for value in values]
-    positions = range(len(values))
-    ax.barh(positions, values, color=colors)
+    ax.barh(range(len(values)), values, color=["seagreen" if value >= 1 else "crimson" for value in values])
     ax.axvline(1.0, color="black", linewidth=1)
-    for position, value in zip(positions, values, strict=True):
+    for position, value in enumerate(values):
         ax.text(value, position, f" {value:.2f}x", va="center", fontsize=9)
-    ax.set_yticks(list(positions), list(labels))
+    ax.set_yticks(range(len(values)), labels)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(values) * 1.25)
-    ax.set_xlabel("speed-up against the baseline (higher is faster)")
+    ax.set(xlim=(0, max(values) * 1.25), xlabel="speed-up against the baseline (higher is faster)")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def plot_sparsity_accuracy(
@@ -148,11 +126,9 @@ def plot_sparsity_accuracy(
     if baseline is not None:
         ax.axhline(100 * baseline, color="gray", linestyle="--", label="unpruned model")
         ax.legend(loc="lower left")
-    ax.set(xlabel="weights pruned (%)", ylabel="test accuracy (%)")
-    ax.set_title(title or "Accuracy against sparsity")
+    ax.set(xlabel="weights pruned (%)", ylabel="test accuracy (%)", title=title or "Accuracy against sparsity")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def plot_feature_maps(
@@ -160,33 +136,20 @@ def plot_feature_maps(
     cmap: str = "viridis", cell_size: float = 1.3, symmetric: bool = False
 ):
     """Draw 2-D maps side by side (feature maps `[C, H, W]`, or kernels `[C, 1, k, k]`), each on its own scale."""
-    maps = maps.detach().to("cpu", torch.float32)
-    if maps.dim() == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
-    count = len(maps)
-    ncols = min(ncols, count)
-    nrows = -(-count // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_size, nrows * cell_size * 1.15), squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if index < count:
-            bound = float(maps[index].abs().max()) or 1.0
-            limits = {"vmin": -bound, "vmax": bound} if symmetric else {}
-            ax.imshow(maps[index], cmap=cmap, **limits)
-            if titles is not None:
-                ax.set_title(titles[index], fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    maps = maps.detach().to("cpu", torch.float32).reshape(-1, *maps.shape[-2:])
+    fig, axes = _grid(len(maps), ncols, cell_size)
+    for index, ax in enumerate(axes):
+        bound = float(maps[index].abs().max()) or 1.0
+        ax.imshow(maps[index], cmap=cmap, **({"vmin": -bound, "vmax": bound} if symmetric else {}))
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=9)
+    return _finish(fig, title)
 
 
 def plot_convolution_step(
     image: torch.Tensor, kernel: torch.Tensor, positions: Sequence[tuple[int, int]], *, title: str | None = None
 ):
     """Draw a kernel sliding over an image: the window at each position, the kernel, and the output it fills."""
-    from matplotlib.patches import Rectangle
-
     image = image.detach().to("cpu", torch.float32).reshape(image.shape[-2:])
     kernel = kernel.detach().to("cpu", torch.float32).reshape(kernel.shape[-2:])
     size = kernel.shape[0]
@@ -200,21 +163,17 @@ def plot_convolution_step(
         product = image[row : row + size, col : col + size] * kernel
         bound = float(product.abs().max()) or 1.0
         product_ax.imshow(product, cmap="RdBu_r", vmin=-bound, vmax=bound)
-        for (r, c), value in zip(((r, c) for r in range(size) for c in range(size)), product.flatten(), strict=True):
-            text = f"{float(value):.1f}"
-            text = "0.0" if text == "-0.0" else text
-            product_ax.text(c, r, text, ha="center", va="center", fontsize=7 if size <= 5 else 5)
+        for r in range(size):
+            for c in range(size):
+                text = f"{float(product[r, c]):.1f}".replace("-0.0", "0.0")  # no negative zeros
+                product_ax.text(c, r, text, ha="center", va="center", fontsize=7 if size <= 5 else 5)
         product_ax.set_title(f"window × kernel, sum = {float(product.sum()):.2f}", fontsize=10)
         output_ax.imshow(output, cmap="RdBu_r", vmin=-limit, vmax=limit)
         output_ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
         output_ax.set_title(f"output[{row}, {col}] = {float(output[row, col]):.2f}", fontsize=10)
         for ax in (image_ax, product_ax, output_ax):
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+            ax.set(xticks=[], yticks=[])
+    return _finish(fig, title)
 
 
 def plot_image_rows(
@@ -224,39 +183,25 @@ def plot_image_rows(
 ):
     """Draw one row of images per entry of `rows`, any sizes, as their pixels really are; returns the figure.
 
-    Grey images (`[H, W]`, integers 0-255 or floats in [0, 1]) are drawn with 0 black; RGB(A) images (`[H, W, C]`) in
-    their colours over a checkerboard, so transparent paper shows. Each image is titled with its label,
-    and, for rows in `predictions`, the prediction (red when wrong).
+    Grey images (`[H, W]`, integers 0-255 or floats in [0, 1]) are drawn with 0 black; RGB(A) images (`[H, W, C]`)
+    over a checkerboard, so transparent paper shows. Titles: the label, and the prediction for rows in `predictions`.
     """
     count = max(len(images) for images in rows.values())
     fig, axes = plt.subplots(len(rows), count, figsize=(count * cell_size, len(rows) * cell_size * 1.2), squeeze=False)
     for axes_row, (name, images) in zip(axes, rows.items(), strict=True):
         axes_row[0].set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
-        for index, ax in enumerate(axes_row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if index >= len(images):
-                ax.axis("off")
-                continue
-            image = torch.as_tensor(images[index]).detach().cpu()
+        for index, (ax, image) in enumerate(zip(axes_row, images, strict=True)):
+            image = torch.as_tensor(image).cpu()
             image = image.float() if image.is_floating_point() else image.float() / 255
             if image.dim() == 3:
                 height, width = image.shape[:2]
                 checks = (torch.arange(height)[:, None] // max(1, height // 8) + torch.arange(width) // max(1, width // 8)) % 2
-                ax.imshow(0.75 + 0.15 * checks, cmap="gray", vmin=0, vmax=1)
-                ax.imshow(image.clamp(0, 1).numpy() if image.shape[2] in (3, 4) else image[..., 0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-            parts, color = [], "black"
-            if labels is not None and index < len(labels):
-                parts.append(str(int(labels[index])))
-            if predictions is not None and name in predictions:
-                predicted = int(predictions[name][index])
-                parts.append(f"pred {predicted}")
-                if labels is not None and predicted != int(labels[index]):
-                    color = "crimson"
-            if parts:
-                ax.set_title(" / ".join(parts), fontsize=9, color=color)
+                ax.imshow((0.75 + 0.15 * checks).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(image.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[])
+            guesses = (predictions or {}).get(name)
+            _title_digit(ax, None if labels is None else labels[index], None if guesses is None else guesses[index])
+    return _finish(fig, title)
 
 
 def plot_attention_weights(
@@ -266,8 +211,6 @@ def plot_attention_weights(
 
     Row i is how query i shares its attention over the keys (each row sums to 1).
     """
-    if len(weights) != len(titles) or not weights:
-        raise ValueError(f"need one title per matrix, got {len(weights)} matrices and {len(titles)} titles")
     fig, axes = plt.subplots(1, len(weights), figsize=(3.6 * len(weights) + 0.8, 3.6), squeeze=False)
     for ax, matrix, title in zip(axes[0], weights, titles, strict=True):
         image = ax.imshow(matrix.detach().cpu(), cmap="viridis", vmin=0, vmax=1)
@@ -286,27 +229,19 @@ def plot_attention_on_digits(
 
     Each map is stretched over its digit (nearest patch), brighter where the class token looks more.
     """
-    pixels = to_pixels(images)
-    rows, count = maps.shape[0], maps.shape[1]
-    if count != len(pixels):
-        raise ValueError(f"{count} maps per row for {len(pixels)} digits")
+    pixels = _pixels(images)
+    stretched = torch.nn.functional.interpolate(maps.detach().cpu(), size=pixels.shape[-2:], mode="nearest")
+    rows, count = maps.shape[:2]
     fig, axes = plt.subplots(rows, count, figsize=(1.5 * count + 0.6, 1.5 * rows + 0.4), squeeze=False)
-    size = pixels.shape[-1]
-    for row in range(rows):
-        for column in range(count):
-            ax = axes[row, column]
-            grid = maps[row, column].detach().cpu()[None, None]
-            stretched = torch.nn.functional.interpolate(grid, size=(size, size), mode="nearest")[0, 0]
+    for row, axes_row in enumerate(axes):
+        for column, ax in enumerate(axes_row):
+            overlay = stretched[row, column]
             ax.imshow(pixels[column], cmap="gray_r", vmin=0, vmax=1)
-            ax.imshow(stretched, cmap="inferno", alpha=0.55, vmin=0, vmax=float(stretched.max()))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if column == 0 and row_titles is not None:
-                ax.set_ylabel(row_titles[row], fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+            ax.imshow(overlay, cmap="inferno", alpha=0.55, vmin=0, vmax=float(overlay.max()))
+            ax.set(xticks=[], yticks=[])
+        if row_titles is not None:
+            axes_row[0].set_ylabel(row_titles[row], fontsize=9)
+    return _finish(fig, title)
 
 
 def plot_accuracy_vs_parameters(results: Sequence[dict], *, title: str | None = None):
@@ -314,8 +249,6 @@ def plot_accuracy_vs_parameters(results: Sequence[dict], *, title: str | None = 
 
     `results` holds dicts with keys `method`, `examples`, `trainable` and `accuracy`.
     """
-    if not results:
-        raise ValueError("no results to draw")
     methods = list(dict.fromkeys(result["method"] for result in results))
     markers = dict(zip(methods, "osD^v<>ph", strict=False))
     sizes = sorted({result["examples"] for result in results})
@@ -330,18 +263,14 @@ def plot_accuracy_vs_parameters(results: Sequence[dict], *, title: str | None = 
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test accuracy (%)")
     ax.set_title(title or "Accuracy against trainable parameters")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def plot_memory_per_device(
     bars: dict[str, dict[str, float]], *, capacity: float | None = None, capacity_label: str = "device memory",
     unit: str = "GB", title: str | None = None
 ):
-    """Draw what one device holds in each setting as stacked bars (`{setting: {part: bytes}}`), with its memory as a line.
-    """
-    if not bars:
-        raise ValueError("no settings to draw")
+    """Draw what one device holds per setting as stacked bars (`{setting: {part: bytes}}`), its memory as a line."""
     scale = {"GB": 1e9, "GiB": 2**30, "MB": 1e6, "MiB": 2**20}[unit]
     parts = list(dict.fromkeys(part for held in bars.values() for part in held))
     fig, ax = plt.subplots(figsize=(1.3 * len(bars) + 3.5, 3.8))
@@ -359,5 +288,4 @@ def plot_memory_per_device(
     ax.set_ylim(0, max([*bottoms, (capacity or 0) / scale]) * 1.12)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title(title or "Memory per device")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
