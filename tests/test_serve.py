@@ -94,7 +94,7 @@ def test_pixels_from_json_accepts_28_rows_of_28_numbers():
 def test_pixels_from_json_refuses_malformed_bodies(body, status, message):
     with pytest.raises(serve.BadInput, match=message) as caught:
         serve.pixels_from_json(body)
-    assert caught.value.status == status
+    assert caught.value.status_code == status
 
 
 def test_pixels_from_png_reads_a_digit_as_mnist_style_does(digits):
@@ -139,7 +139,7 @@ def png_header_only(width: int, height: int) -> bytes:
 def test_a_huge_png_is_refused_before_decoding():
     with pytest.raises(serve.BadInput, match="far too large") as caught:
         serve.pixels_from_png(png_header_only(100_000, 100_000))
-    assert caught.value.status == 422
+    assert caught.value.status_code == 422
     with pytest.raises(serve.BadInput, match="5000 x 5000; the largest image accepted is 1024 x 1024"):
         serve.pixels_from_png(png_header_only(5000, 5000))
     with pytest.raises(serve.BadInput, match="damaged"):
@@ -209,14 +209,18 @@ def test_an_onnx_model_that_answers_nan_never_starts(tmp_path):
 
 def test_the_server_serves_an_onnx_file_with_onnx_runtime(course_checkpoint, tmp_path, digits, expected_digits):
     path = export.export_model(load_checkpoint(course_checkpoint)[0], "onnx", tmp_path / "mnist_cnn.onnx")
-    with serve.ServerProcess.start(path) as running, httpx.Client(base_url=running.url, timeout=30) as client:
-        assert client.get("/health").json() == {"status": "ok", "model": "mnist_cnn.onnx", "format": "onnx",
-                                                "input": "float32 [N, 1, 28, 28] pixels in [0, 1], white digit on black",
-                                                "output": "logits [N, 10]"}
-        answers = [client.post("/predict", json={"pixels": image.tolist()}) for image in digits[0][:8]]
-        assert [answer.status_code for answer in answers] == [200] * 8
-        assert [answer.json()["digit"] for answer in answers] == expected_digits[:8]
-        assert client.post("/predict", json={"pixels": [[0] * 28] * 27}).status_code == 422
+    running = serve.ServerProcess.start(path)
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            assert client.get("/health").json() == {"status": "ok", "model": "mnist_cnn.onnx", "format": "onnx",
+                                                    "input": "float32 [N, 1, 28, 28] pixels in [0, 1], white digit on black",
+                                                    "output": "logits [N, 10]"}
+            answers = [client.post("/predict", json={"pixels": image.tolist()}) for image in digits[0][:8]]
+            assert [answer.status_code for answer in answers] == [200] * 8
+            assert [answer.json()["digit"] for answer in answers] == expected_digits[:8]
+            assert client.post("/predict", json={"pixels": [[0] * 28] * 27}).status_code == 422
+    finally:
+        running.stop()
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(RuntimeError, match="SHA-256 differs"):
         serve.ServerProcess.start(path)

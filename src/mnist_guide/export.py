@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -28,9 +30,6 @@ from torch import nn
 from mnist_guide.checkpoint import check_zip
 from mnist_guide.data import MNIST_MEAN, MNIST_STD
 from mnist_guide.runtime import artifacts_dir, atomic_write
-
-#: The file formats `export_model` writes and `load_deployed` reads.
-FORMATS = ("torchscript", "export", "aoti", "onnx")
 
 #: The operator sets an ONNX file may use: ONNX's own and ONNX Runtime's built-in ones (no custom operators).
 ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
@@ -40,8 +39,6 @@ PARITY_TOLERANCE = 1e-4
 
 #: The C++ classifier's source, shipped inside the package.
 CPP_SOURCE = Path(__file__).with_name("classify.cpp")
-
-_JIT_DEPRECATION = r"`torch\.jit\.[a-z_]+` is deprecated"
 
 
 class ExportError(ValueError):
@@ -62,11 +59,8 @@ class DeployableMnist(nn.Module):
 
 
 def make_deployable(model: nn.Module) -> DeployableMnist:
-    """Wrap a copy of `model` (on the CPU, in eval mode) with the normalisation; the original is untouched.
-
-    Convolution weights stay channels_last, the layout the CPU's convolution kernels run fastest
-    (`benchmarks/inference.py` measures it); every exported form keeps it.
-    """
+    """Wrap a copy of `model` (on the CPU, in eval mode, channels_last: the CPU's fastest convolution layout)
+    with the normalisation; the original is untouched."""
     model = copy.deepcopy(model).to("cpu", memory_format=torch.channels_last)
     return DeployableMnist(model).eval()
 
@@ -78,29 +72,18 @@ def example_pixels(batch_size: int = 2, seed: int = 0) -> torch.Tensor:
 
 @contextlib.contextmanager
 def quiet_torchscript_deprecation() -> Iterator[None]:
-    """Silence torch's "`torch.jit.*` is deprecated" FutureWarning inside the block (shown once in 08)."""
+    """Silence torch's "`torch.jit.*` is deprecated" FutureWarning inside the block (09 shows it once)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.[a-z_]+` is deprecated", category=FutureWarning)
         yield
 
 
 def to_torchscript(module: nn.Module, method: str = "script", example: torch.Tensor | None = None):
     """Turn `module` into TorchScript by `"script"` (compiles the Python code) or `"trace"` (records one run)."""
-    if method not in ("script", "trace"):
-        raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
     with quiet_torchscript_deprecation():
-        if method == "script":
-            return torch.jit.script(module)
-        return torch.jit.trace(module, example if example is not None else example_pixels())
-
-
-def _write_model_file(path: str | Path, serialise: Callable[[io.BytesIO], object]) -> Path:
-    """Serialise to memory, write the bytes atomically, and record their SHA-256 beside them (`write_manifest`)."""
-    buffer = io.BytesIO()
-    serialise(buffer)
-    atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
-    write_manifest(path)
-    return Path(path)
+        if method == "trace":
+            return torch.jit.trace(module, example if example is not None else example_pixels())
+        return torch.jit.script(module)
 
 
 def manifest_path(path: str | Path) -> Path:
@@ -109,9 +92,10 @@ def manifest_path(path: str | Path) -> Path:
 
 
 def write_manifest(path: str | Path) -> Path:
-    """Record the SHA-256 of a model file this course wrote: `load_deployed` trusts only files that match theirs."""
+    """Record the SHA-256 of a model file beside it: `load_deployed` trusts only files that match theirs."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return atomic_write(manifest_path(path), lambda temporary: temporary.write_text(f"{digest}  {Path(path).name}\n"))
+    atomic_write(manifest_path(path), lambda temporary: temporary.write_text(f"{digest}  {Path(path).name}\n"))
+    return Path(path)
 
 
 def _check_manifest(path: Path) -> None:
@@ -142,75 +126,54 @@ def _refuse_pickles(path: Path, archive: zipfile.ZipFile) -> None:
 
 
 def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path:
-    """Write a TorchScript module atomically (a temporary file, then a rename); returns the path."""
+    """Write a TorchScript module atomically (a temporary file, then a rename) and its manifest; returns the path."""
     with quiet_torchscript_deprecation():
-        return _write_model_file(path, lambda buffer: torch.jit.save(scripted, buffer))
+        atomic_write(path, lambda temporary: torch.jit.save(scripted, temporary))
+    return write_manifest(path)
 
 
 def export_program(module: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
-    """`torch.export` the module with a dynamic batch dimension, so one program serves any batch size."""
-    if module.training:
-        raise ValueError("the module is in training mode: call .eval() before exporting it")
+    """`torch.export` the module (in eval mode) with a dynamic batch dimension, so one program serves any batch size."""
     example = example if example is not None else example_pixels(2)
-    batch = torch.export.Dim("batch")
-    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    return torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
-    """Write an exported program with `torch.export.save`, atomically; returns the path (`.pt2`)."""
-    return _write_model_file(path, lambda buffer: torch.export.save(program, buffer))
+    """Write an exported program with `torch.export.save`, atomically, and its manifest; returns the path (`.pt2`)."""
+    atomic_write(path, lambda temporary: torch.export.save(program, temporary))
+    return write_manifest(path)
 
 
 @contextlib.contextmanager
-def _quiet_cpp_extension_log() -> Iterator[None]:
-    # On a CUDA wheel without a CUDA toolkit, inductor logs "No CUDA runtime is found": noise on a CPU build.
+def _aoti_quietly() -> Iterator[None]:
+    """Run AOTInductor with its "No CUDA runtime" log (noise on a CPU) off and a private `TMPDIR`, removed afterwards:
+    it unpacks a package there and removes it only when the model is destroyed, which a kernel's exit skips."""
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with tempfile.TemporaryDirectory(prefix="mnist-guide-") as folder, mock.patch.dict(os.environ, TMPDIR=folder):
+            yield
     finally:
         logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _unpacked_in_a_private_folder() -> Iterator[None]:
-    # AOTInductor unpacks a package into $TMPDIR/aotinductor_* and removes it only when the model is
-    # destroyed, which a notebook kernel's exit skips: unpack into a folder of our own, removed once
-    # the package is loaded (the loaded library and weights stay mapped in memory).
-    folder, previous = tempfile.mkdtemp(prefix="mnist-guide-aoti-"), os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = folder
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def compile_aoti(program: torch.export.ExportedProgram, path: str | Path) -> Path:
-    """Compile an exported program ahead of time with AOTInductor into a `.pt2` package; returns the path."""
-    path = Path(path)
-    if path.suffix != ".pt2":
+    """Compile an exported program ahead of time with AOTInductor into a `.pt2` package and its manifest."""
+    if Path(path).suffix != ".pt2":
         raise ValueError(f"{path}: an AOTInductor package must end in .pt2")
-
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
     def write(temporary: Path) -> None:  # Inductor's build files go to artifacts/, not the system temp folder
-        with _quiet_cpp_extension_log(), temporary_cache_dir(str(artifacts_dir() / "inductor")):
+        with _aoti_quietly(), temporary_cache_dir(str(artifacts_dir() / "inductor")):
             torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
 
     atomic_write(path, write)
-    write_manifest(path)
-    return path
+    return write_manifest(path)
 
 
 def _require(*modules: str) -> None:
     """Import the optional packages ONNX needs, or say which to install."""
-    import importlib
-
     for name in modules:
         try:
             importlib.import_module(name)
@@ -219,32 +182,27 @@ def _require(*modules: str) -> None:
 
 
 def export_onnx(module: nn.Module, path: str | Path, example: torch.Tensor | None = None) -> Path:
-    """Export the module to ONNX (`torch.onnx.export(..., dynamo=True)`, a dynamic batch dimension), check
-    the graph with `onnx.checker`, and write it atomically with its SHA-256 manifest; returns the path.
-    """
+    """Export the module (in eval mode) to ONNX with a dynamic batch, check the graph with `onnx.checker`,
+    and write it atomically with its SHA-256 manifest; returns the path."""
     _require("onnx", "onnxscript")
     import onnx
 
-    if module.training:
-        raise ValueError("the module is in training mode: call .eval() before exporting it")
     example = example if example is not None else example_pixels(2)
     program = torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=["pixels"],
                                 output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
-    model = program.model_proto
-    onnx.checker.check_model(model, full_check=True)
-    return _write_model_file(path, lambda buffer: buffer.write(model.SerializeToString()))
+    onnx.checker.check_model(program.model_proto, full_check=True)
+    atomic_write(path, lambda temporary: temporary.write_bytes(program.model_proto.SerializeToString()))
+    return write_manifest(path)
 
 
 class OnnxRuntimeModel:
-    """An ONNX file run by ONNX Runtime on the CPU: call it on a float32 tensor `[N, 1, 28, 28]`, get a tensor of logits.
-    """
+    """An ONNX file run by ONNX Runtime on the CPU: call it on a float32 tensor `[N, 1, 28, 28]`, get a tensor of logits."""
 
-    def __init__(self, model_bytes: bytes, threads: int | None = None) -> None:
+    def __init__(self, model_bytes: bytes) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()  # the same cores as PyTorch's
-        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = torch.get_num_threads()  # the same cores as PyTorch's
         options.log_severity_level = 3  # errors only
         self.session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
@@ -261,29 +219,18 @@ def _load_onnx_file(path: Path) -> OnnxRuntimeModel:
     import onnx
 
     data = path.read_bytes()
-
-    def refuse(error: Exception) -> ExportError:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return ExportError(f"{path}: not a valid ONNX model ({first_line[:200]}); export it again.")
-
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as error:  # protobuf's DecodeError: a damaged or foreign file
-        raise refuse(error) from None
+    model = onnx.load_model_from_string(data)  # protobuf's DecodeError on a damaged file: load_deployed reports it
     if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer):
         raise ExportError(f"{path}: its weights point to files outside it; refused (export it again as one file)")
     foreign = sorted({node.domain for node in model.graph.node} - set(ONNX_DOMAINS))
     if foreign or model.functions:
         raise ExportError(f"{path}: uses operators beyond ONNX's own ({', '.join(foreign) or 'local functions'}); refused")
-    try:
-        onnx.checker.check_model(model)
-    except Exception as error:  # onnx's ValidationError
-        raise refuse(error) from None
+    onnx.checker.check_model(model)
     return OnnxRuntimeModel(data)
 
 
 def detect_format(path: str | Path) -> str:
-    """Say which of `FORMATS` a model file holds, from the names inside its zip archive (or `.onnx`)."""
+    """Say which form a model file holds (torchscript, export, aoti, onnx), from the names inside its zip archive."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file. Write one with `mnist-guide export`.")
@@ -324,8 +271,6 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
     """
     path = Path(path)
     format = format or detect_format(path)
-    if format not in FORMATS:
-        raise ExportError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if format != "onnx":
         check_zip(path, ExportError)
     if not trust:
@@ -336,8 +281,7 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
     try:
         if format == "torchscript":
             with quiet_torchscript_deprecation():
-                module = torch.jit.load(str(path), map_location="cpu")
-            module.eval()
+                module = torch.jit.load(str(path), map_location="cpu").eval()
         elif format == "export":
             with warnings.catch_warnings():  # said of every channels_last weight; harmless on the CPU
                 warnings.filterwarnings("ignore", message="No complete tensor found in the group", category=UserWarning)
@@ -345,13 +289,13 @@ def load_deployed(path: str | Path, format: str | None = None, *, trust: bool = 
         elif format == "onnx":
             module = _load_onnx_file(path)
         else:
-            with _quiet_cpp_extension_log(), _unpacked_in_a_private_folder():
+            with _aoti_quietly():
                 module = torch._inductor.aoti_load_package(str(path))
     except ExportError:
         raise
-    except Exception as error:  # torch's and ONNX Runtime's own errors: the file cannot serve
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ExportError(f"{path}: could not load it as {format} ({first_line}).") from error
+    except Exception as error:  # torch's, ONNX's and ONNX Runtime's own errors: the file cannot serve
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"{path}: could not load it as {format} ({first_line[:200]}); export it again.") from error
     return DeployedModel(path, format, module)
 
 
@@ -361,21 +305,16 @@ def load_onnx(path: str | Path, *, trust: bool = False) -> DeployedModel:
 
 
 def export_model(model: nn.Module, format: str, out: str | Path) -> Path:
-    """Write `model` (the plain CNN) as a deployable file of `format`; what `mnist-guide export` does."""
-    if format not in FORMATS:
-        raise ExportError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+    """Write `model` as a `format` file (torchscript, export, aoti or onnx); what `mnist-guide export` does."""
     deployable = make_deployable(model)
     if format == "torchscript":
         return save_torchscript(to_torchscript(deployable), out)
     if format == "onnx":
         return export_onnx(deployable, out)
     program = export_program(deployable)
-    if format == "export":
-        return save_program(program, out)
-    return compile_aoti(program, out)
+    return save_program(program, out) if format == "export" else compile_aoti(program, out)
 
 
-# --------------------------------------------------------------------------------------------
 # Parity
 
 
@@ -406,40 +345,32 @@ def check_parity(
     batches = [(pixels[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
     expected = [reference(images) for images, _ in batches]
     reference_correct = sum(int((logits.argmax(1) == y).sum()) for logits, (_, y) in zip(expected, batches, strict=True))
-    reports = []
+    total, reports = len(labels), []
     for name, candidate in candidates.items():
         max_diff, correct, same = 0.0, 0, 0
         for want, (images, y) in zip(expected, batches, strict=True):
             got = candidate(images)
-            if tuple(got.shape) != tuple(want.shape):
-                raise ValueError(f"{name}: returned shape {list(got.shape)}, the reference {list(want.shape)}")
             difference = float((got - want).abs().max())
             max_diff = difference if difference != difference else max(max_diff, difference)  # NaN sticks
             correct += int((got.argmax(1) == y).sum())
             same += int((got.argmax(1) == want.argmax(1)).sum())
-        reports.append(
-            ParityReport(name, max_diff, tolerance, correct / len(labels), reference_correct / len(labels), same, len(labels))
-        )
+        reports.append(ParityReport(name, max_diff, tolerance, correct / total, reference_correct / total, same, total))
     return reports
 
 
 def format_parity(reports: Sequence[ParityReport], show_difference: bool = False) -> str:
     """Render parity reports as a table (the measured difference only when asked: it varies by machine)."""
-    lines = [f"{'form':<12} {'within ' + format(reports[0].tolerance, '.0e'):>12} {'accuracy':>9} {'eager':>8} {'same digit':>12}"]
-    if show_difference:
-        lines[0] += f" {'max |diff|':>11}"
+    within = "within " + format(reports[0].tolerance, ".0e")
+    header = f"{'form':<12} {within:>12} {'accuracy':>9} {'eager':>8} {'same digit':>12}"
+    lines = [header + (f" {'max |diff|':>11}" if show_difference else "")]
     for report in reports:
-        line = (
-            f"{report.name:<12} {'yes' if report.max_abs_diff <= report.tolerance else 'NO':>12} "
-            f"{report.accuracy:>9.2%} {report.reference_accuracy:>8.2%} {f'{report.same_predictions}/{report.count}':>12}"
-        )
-        if show_difference:
-            line += f" {report.max_abs_diff:>11.1e}"
-        lines.append(line)
+        ok = "yes" if report.max_abs_diff <= report.tolerance else "NO"
+        same = f"{report.same_predictions}/{report.count}"
+        line = f"{report.name:<12} {ok:>12} {report.accuracy:>9.2%} {report.reference_accuracy:>8.2%} {same:>12}"
+        lines.append(line + (f" {report.max_abs_diff:>11.1e}" if show_difference else ""))
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
 # Images for the C++ program: binary PGM
 
 
@@ -447,24 +378,15 @@ def pgm_bytes(image: torch.Tensor) -> bytes:
     """Encode a `[28, 28]` uint8 image as a binary PGM, the C++ classifier's input format: a text header
     (`P5`, width, height, 255, each followed by a newline: 13 bytes for 28 x 28), then the grey levels row by row.
     """
-    image = image.detach().cpu()
-    if image.dim() == 3 and image.shape[0] == 1:
-        image = image[0]
-    if image.dtype != torch.uint8 or image.dim() != 2:
-        raise ValueError(f"expected a [28, 28] uint8 image, got {image.dtype} {list(image.shape)}")
     height, width = image.shape
-    return f"P5\n{width} {height}\n255\n".encode("ascii") + image.contiguous().numpy().tobytes()
+    return f"P5\n{width} {height}\n255\n".encode("ascii") + image.cpu().contiguous().numpy().tobytes()
 
 
 def write_pgm(image: torch.Tensor, path: str | Path) -> Path:
     """Write a `[28, 28]` uint8 image as a binary PGM file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pgm_bytes(image))
-    return path
+    return atomic_write(path, lambda temporary: temporary.write_bytes(pgm_bytes(image)))
 
 
-# --------------------------------------------------------------------------------------------
 # The C++ classifier
 
 
@@ -488,20 +410,18 @@ def compile_command(source: str | Path, output: str | Path, compiler: str = "g++
 def classifier_path(source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None) -> Path:
     """Where the built classifier lives: `artifacts/cpp/classify-<key>`, keyed by source, torch and flags."""
     source = Path(source)
-    key = hashlib.sha256()
-    key.update(source.read_bytes())
-    key.update(torch.__version__.encode())
-    key.update(" ".join(compile_command("SOURCE", "OUTPUT")).encode())
+    flags = " ".join(compile_command("SOURCE", "OUTPUT"))
+    key = hashlib.sha256(source.read_bytes() + torch.__version__.encode() + flags.encode()).hexdigest()
     folder = Path(out_dir) if out_dir is not None else artifacts_dir() / "cpp"
-    return folder / f"{source.stem}-{key.hexdigest()[:16]}"
+    return folder / f"{source.stem}-{key[:16]}"
 
 
 def build_classifier(
-    source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None, *, force: bool = False, compiler: str = "g++"
+    source: str | Path = CPP_SOURCE, out_dir: str | Path | None = None, *, compiler: str = "g++"
 ) -> Path:
     """Build the C++ classifier with g++ against the wheel's libtorch, or reuse the cached binary."""
     binary = classifier_path(source, out_dir)
-    if binary.is_file() and os.access(binary, os.X_OK) and not force:
+    if binary.is_file() and os.access(binary, os.X_OK):
         return binary
     if shutil.which(compiler) is None:
         raise ExportError(f"{compiler} not found: install a C++20 compiler (Debian/Ubuntu: apt install g++).")
@@ -515,14 +435,3 @@ def build_classifier(
     atomic_write(binary, build, mode=0o755)
     return binary
 
-
-def run_classifier(
-    binary: str | Path, model: str | Path, images: Sequence[str | Path] | None = None, *,
-    stdin: bytes | None = None, timeout: float = 120,
-) -> list[int]:
-    """Run the C++ classifier on PGM files (or PGM bytes on stdin); returns the digits it printed."""
-    command = [str(binary), str(model), *(str(image) for image in images or [])]
-    result = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
-    if result.returncode != 0:
-        raise ExportError(f"the classifier failed (exit {result.returncode}): {result.stderr.decode(errors='replace').strip()}")
-    return [int(line) for line in result.stdout.decode().split()]

@@ -1,9 +1,6 @@
-"""An HTTP server for an exported model: a drawing page at `GET /`, `GET /health`, `POST /predict`
-with JSON pixels or a PNG upload.
+"""An HTTP server for an exported model: a drawing page at `GET /`, `GET /health`, `POST /predict` (JSON or PNG).
 
-Every bad request (wrong shape, non-numbers, NaN, values out of range, not an image, an empty or
-oversized body) gets a 4xx answer with a JSON `{"detail": ...}` message; the server never crashes
-on input. It binds to 127.0.0.1 unless told otherwise.
+Every bad request gets a 4xx answer with a JSON `{"detail": ...}`; it binds to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +9,6 @@ import asyncio
 import io
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -28,8 +24,9 @@ from pathlib import Path
 
 import h11
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -37,16 +34,12 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_guide import __version__
-from mnist_guide.data import NoInkError, mnist_style
+from mnist_guide.data import MNIST_SIDE, NoInkError, mnist_style
 from mnist_guide.export import DeployedModel, ExportError, load_deployed
 from mnist_guide.runtime import free_port
 
-logger = logging.getLogger("uvicorn.error")  # shown with the server's own lines
-
 #: The largest request body accepted (1 MiB); larger ones get 413.
 MAX_BODY_BYTES = 1 << 20
-
-SIDE = 28
 
 #: Seconds a client has to send a request's headers, and then its body (else it is dropped, or answered 408).
 HEADER_DEADLINE_S = 10.0
@@ -69,63 +62,45 @@ _USAGE = ('send JSON {"pixels": [[28 numbers 0-255] x 28]} (white digit on black
           'or a PNG of one digit in the form field `file`')
 
 
-class BadInput(Exception):
-    """A request the server refuses: carries the HTTP status (4xx) and the message for the client."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
+class BadInput(HTTPException):
+    """A request the server refuses: `BadInput(status, detail)` answers the 4xx `status` with `{"detail": detail}`."""
 
 
-class _NonFinite(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> float:
-    raise _NonFinite(name)
+def _refuse_constant(name: str) -> float:
+    raise BadInput(422, f"{name} is not a number a pixel can take: pixels are numbers 0-255")
 
 
 def pixels_from_json(body: bytes) -> torch.Tensor:
-    """Parse and check `{"pixels": [[...] x 28]}`: 28 rows of 28 finite numbers in [0, 255]."""
+    """Parse and check `{"pixels": [[...] x 28]}`: 28 rows of 28 numbers in [0, 255]."""
     try:
-        payload = json.loads(body, parse_constant=_reject_constant)
-    except _NonFinite as error:
-        raise BadInput(422, f"{error} is not a number a pixel can take: pixels are numbers 0-255") from None
+        payload = json.loads(body, parse_constant=_refuse_constant)  # NaN and Infinity are refused as they are read
     except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, absurd nesting or digits
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BadInput(400, f"the body is not valid JSON ({reason[:200]}); {_USAGE}") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise BadInput(422, f"expected a JSON object with the key `pixels`; {_USAGE}")
     rows = payload["pixels"]
-    if not isinstance(rows, list) or len(rows) != SIDE:
+    if not isinstance(rows, list) or len(rows) != MNIST_SIDE:
         got = f"a list of {len(rows)}" if isinstance(rows, list) else f"a {type(rows).__name__}"
         raise BadInput(422, f"`pixels` must be a list of 28 rows, got {got}")
-    values: list[float] = []
     for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != SIDE:
+        if not isinstance(row, list) or len(row) != MNIST_SIDE:
             got = f"a list of {len(row)}" if isinstance(row, list) else f"a {type(row).__name__}"
             raise BadInput(422, f"`pixels[{i}]` must be a list of 28 numbers, got {got}")
         for j, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadInput(422, f"`pixels[{i}][{j}]` is {json.dumps(value)[:40]}, not a number 0-255")
-            if not (0 <= value <= 255 and math.isfinite(value)):  # compare first: a huge int overflows a float
+            if not 0 <= value <= 255:  # 1e400 reads as infinity, outside; a huge int compares without overflow
                 raise BadInput(422, f"`pixels[{i}][{j}]` is {str(value)[:40]}, outside 0-255")
-            values.append(float(value))
-    return torch.tensor(values, dtype=torch.float32).view(SIDE, SIDE)
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def pixels_from_png(data: bytes) -> torch.Tensor:
-    """Decode a PNG of one digit into the MNIST-style float32 `[28, 28]` grey levels 0-255 the model reads.
-
-    Any size up to `MAX_PNG_SIDE`, grey, RGB or RGBA, 8 or 16 bits, dark ink on light paper or light
-    on dark: `data.mnist_style` crops, scales and centres it. A blank image is refused (422, "no ink").
-    The size is checked before the pixels are decoded, so a small file cannot unpack into a huge image.
-    """
+    """Decode a PNG of one digit (up to `MAX_PNG_SIDE`, grey or colour, 8 or 16 bits) into the float32 `[28, 28]`
+    grey levels 0-255 the model reads, by `data.mnist_style`; the size is checked before the pixels are decoded."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    if not data:
-        raise BadInput(400, f"the uploaded file is empty; {_USAGE}")
     too_large = f"the largest image accepted is {MAX_PNG_SIDE} x {MAX_PNG_SIDE} pixels (scale it down first)"
     try:
         image = Image.open(io.BytesIO(data), formats=["PNG"])
@@ -135,18 +110,15 @@ def pixels_from_png(data: bytes) -> torch.Tensor:
         raise BadInput(415, f"the uploaded file is not a PNG image; {_USAGE}") from None
     if max(image.size) > MAX_PNG_SIDE:
         raise BadInput(422, f"the image is {image.size[0]} x {image.size[1]}; {too_large}")
-    max_value = None
+    sixteen_bit = image.mode in ("I", "I;16", "I;16B", "I;16L")
     try:
-        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey
-            array, max_value = np.asarray(image).astype(np.int32), 65535
-        elif image.mode in ("L", "LA", "RGB", "RGBA"):
-            array = np.asarray(image)
-        else:  # 1-bit, palette, ...
-            array = np.asarray(image.convert("RGBA"))
+        if image.mode not in ("L", "LA", "RGB", "RGBA") and not sixteen_bit:  # 1-bit, palette, ...
+            image = image.convert("RGBA")
+        array = np.asarray(image).astype(np.int32) if sixteen_bit else np.asarray(image)
     except (OSError, ValueError, SyntaxError):
         raise BadInput(422, "the PNG is damaged: its pixels cannot be decoded") from None
     try:
-        return mnist_style(array, max_value=max_value) * 255
+        return mnist_style(array, max_value=65535 if sixteen_bit else None) * 255
     except NoInkError as error:
         raise BadInput(422, str(error)) from None
 
@@ -159,37 +131,14 @@ class Prediction(BaseModel):
     pixels: list[list[float]]
 
 
-@dataclass
-class Predictor:
-    """An exported model behind a lock: grey levels `[28, 28]` in 0-255 -> digit and probabilities.
-
-    The lock lets one request at a time into the model: an AOTInductor package runs one call at
-    a time anyway, and on a CPU the model's own threads already use every core.
-    """
-
-    model: DeployedModel
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, grey_levels: torch.Tensor) -> dict:
-        pixels = (grey_levels / 255.0).view(1, 1, SIDE, SIDE)
-        with self.lock, torch.inference_mode():
-            logits = self.model(pixels)
-        probabilities = torch.softmax(logits.float(), dim=1)[0]
-        return {"digit": int(probabilities.argmax()), "probabilities": [float(p) for p in probabilities]}
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read the request body, refusing (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadInput(413, f"the body is {int(declared):,} bytes; the limit is {limit:,} (1 MiB)")
-    chunks, size = [], 0
+async def _read_body(request: Request) -> bytes:
+    """Read the request body, refusing (413) as soon as it passes `MAX_BODY_BYTES`."""
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadInput(413, f"the body is over the limit of {limit:,} bytes (1 MiB)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BadInput(413, f"the body is over the limit of {MAX_BODY_BYTES:,} bytes (1 MiB)")
+    return bytes(body)
 
 
 async def _upload_from_form(request: Request, body: bytes) -> bytes:
@@ -203,28 +152,28 @@ async def _upload_from_form(request: Request, body: bytes) -> bytes:
         raise BadInput(400, f"the multipart body cannot be parsed ({getattr(error, 'detail', error)}); {_USAGE}") from None
     try:
         upload = form.get("file")
-        if upload is None:
-            raise BadInput(422, f"the form has no field `file`; {_USAGE}")
-        if not isinstance(upload, UploadFile):
-            raise BadInput(422, "the form field `file` must be a file upload, not text")
+        if not isinstance(upload, UploadFile):  # missing, or text
+            raise BadInput(422, f"the form has no file upload in the field `file`; {_USAGE}")
         return await upload.read()
     finally:
         await form.close()
 
 
-def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, trust: bool = False) -> FastAPI:
+def _classify(model: DeployedModel, lock: threading.Lock, grey_levels: torch.Tensor) -> dict:
+    with lock, torch.inference_mode():  # one request at a time: on a CPU the model's own threads use every core
+        logits = model((grey_levels / 255.0).view(1, 1, MNIST_SIDE, MNIST_SIDE))
+    probabilities = torch.softmax(logits.float(), dim=1)[0]
+    return {"digit": int(probabilities.argmax()), "probabilities": probabilities.tolist()}
+
+
+def create_app(model_path: str | Path, *, trust: bool = False) -> FastAPI:
     """Build the FastAPI app serving the model file at `model_path` (any format `load_deployed` reads)."""
     deployed = load_deployed(model_path, trust=trust)
-    predictor = Predictor(deployed)
     check_contract(deployed)
     page = (resources.files("mnist_guide") / "static" / "draw.html").read_text(encoding="utf-8")
-
+    lock = threading.Lock()
     app = FastAPI(title="mnist-guide digit reader", version=__version__, description=_USAGE,
                   docs_url=None, redoc_url=None)  # their pages load scripts from a CDN; /openapi.json stays
-
-    @app.exception_handler(BadInput)
-    async def bad_input(request: Request, error: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def drawing_page() -> HTMLResponse:
@@ -238,11 +187,11 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
     @app.post("/predict", response_model=Prediction)
     async def predict(request: Request) -> dict:
         try:
-            body = await asyncio.wait_for(_read_body(request, max_body_bytes), BODY_DEADLINE_S)
+            body = await asyncio.wait_for(_read_body(request), BODY_DEADLINE_S)
         except asyncio.TimeoutError:
             raise BadInput(408, f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
         except ClientDisconnect:
-            logger.info("a client went away before sending its whole request")
+            logging.getLogger("uvicorn.error").info("a client went away before sending its whole request")
             return Response(status_code=499)
         if not body:
             raise BadInput(400, f"the body is empty; {_USAGE}")
@@ -254,7 +203,7 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
             grey_levels = pixels_from_json(body)
         else:
             raise BadInput(415, f"content type {content_type!r} is not accepted; {_USAGE}")
-        answer = await run_in_threadpool(predictor, grey_levels)
+        answer = await run_in_threadpool(_classify, deployed, lock, grey_levels)
         return {**answer, "pixels": grey_levels.round(decimals=2).tolist()}
 
     return app
@@ -262,7 +211,7 @@ def create_app(model_path: str | Path, *, max_body_bytes: int = MAX_BODY_BYTES, 
 
 def check_contract(model: DeployedModel) -> None:
     """Refuse a model that does not answer a digit with ten finite logits: the server's start-up check."""
-    one = torch.zeros(1, 1, SIDE, SIDE)
+    one = torch.zeros(1, 1, MNIST_SIDE, MNIST_SIDE)
     one[..., 4:24, 13:15] = 1.0  # a plain "1"
     try:
         with torch.inference_mode():
@@ -270,9 +219,9 @@ def check_contract(model: DeployedModel) -> None:
     except Exception as error:  # whatever fails, the model cannot serve digits
         raise ExportError(f"{model.path}: fails on a [1, 1, 28, 28] digit ({type(error).__name__}); "
                           "not an MNIST classifier") from None
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, 10):
-        got = f"shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}"
-        raise ExportError(f"{model.path}: answers a digit with {got}, not ten logits [1, 10]; not an MNIST classifier")
+    shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+    if shape != [1, 10]:
+        raise ExportError(f"{model.path}: answers a digit with shape {shape}, not [1, 10]; not an MNIST classifier")
     if not torch.isfinite(logits).all():
         raise ExportError(f"{model.path}: answers a digit with NaN or infinite logits; export a trained model")
 
@@ -301,41 +250,31 @@ class _DeadlineH11(H11Protocol):
         super().connection_lost(exc)
 
 
-def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          trust: bool = False) -> None:
-    """Serve the model over HTTP with uvicorn until interrupted (what `mnist-guide serve` runs).
-
-    Stalled clients are dropped, and the file descriptor limit is raised so idle connections cannot starve it.
-    """
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, trust: bool = False) -> None:
+    """Serve the model over HTTP with uvicorn until interrupted (what `mnist-guide serve` runs); stalled clients
+    are dropped, and the file descriptor limit is raised so idle connections cannot starve the server."""
     import resource
-
-    import uvicorn
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = MAX_CONNECTIONS + 64 if hard == resource.RLIM_INFINITY else min(hard, MAX_CONNECTIONS + 64)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    uvicorn.run(create_app(model_path, trust=trust), host=host, port=port, log_level=log_level, http=_DeadlineH11,
+    uvicorn.run(create_app(model_path, trust=trust), host=host, port=port, http=_DeadlineH11,
                 limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=HEADER_DEADLINE_S)
 
 
-# --------------------------------------------------------------------------------------------
-# Running the server in a child process (notebooks and tests)
-
-
-def _stop_process(process: subprocess.Popen, log, timeout: float = 10) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def _stop_process(process: subprocess.Popen, log) -> None:
+    process.terminate()  # does nothing to a process that has ended
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     log.close()
 
 
 @dataclass
 class ServerProcess:
-    """`mnist-guide serve` running in a child process on a loopback port; `stop()` ends it."""
+    """`mnist-guide serve` in a child process on a loopback port (for notebooks and tests); `stop()` ends it."""
 
     process: subprocess.Popen
     url: str
@@ -364,8 +303,9 @@ class ServerProcess:
                         return server
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.1)
+        message = f"the server did not answer on {server.url} within {timeout:.0f} s:\n{server.log_tail()}"
         server.stop()
-        raise RuntimeError(f"the server did not answer on {server.url} within {timeout:.0f} s:\n{server.log_tail()}")
+        raise RuntimeError(message)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the server printed (empty once stopped)."""
@@ -381,9 +321,3 @@ class ServerProcess:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s); safe to call twice."""
         self._finalizer()
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
