@@ -42,6 +42,16 @@ def test_info_json_is_machine_readable(capsys):
     assert info["device"] == "cpu" and info["mnist_guide"] == __version__
 
 
+def test_int_range_accepts_its_range_and_says_what_is_wrong():
+    import argparse
+
+    seed = cli.int_range(0, 10)
+    assert seed("10") == 10
+    for text, message in (("11", "outside 0..10"), ("-1", "outside"), ("ten", "not a whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            seed(text)
+
+
 def test_an_unknown_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fly"])

@@ -58,11 +58,6 @@ def test_self_attention_is_its_projections_around_the_attention_formula():
     torch.testing.assert_close(attention(x), expected)
 
 
-def test_self_attention_refuses_a_width_the_heads_do_not_divide():
-    with pytest.raises(ValueError, match="multiple of heads"):
-        SelfAttention(dim=10, heads=3)
-
-
 def test_parameter_count_matches_the_layer_formulas():
     c = ViTConfig()
     patches = (c.image_size // c.patch_size) ** 2
@@ -81,8 +76,6 @@ def test_the_vit_maps_digits_to_logits_and_reads_the_class_token():
     images = torch.randn(3, 1, 28, 28)
     assert model.tokens(images).shape == (3, 17, 32)
     assert model(images).shape == (3, 10)
-    with pytest.raises(ValueError, match="must divide"):
-        MnistViT(ViTConfig(patch_size=5))
 
 
 def test_build_model_builds_either_model_from_a_config_or_a_stored_dict():
@@ -91,7 +84,7 @@ def test_build_model_builds_either_model_from_a_config_or_a_stored_dict():
     stored = model_config(MnistViT(TINY_VIT))
     assert stored["class"] == "MnistViT"
     assert build_model(stored).config == TINY_VIT
-    with pytest.raises(ValueError, match="cannot build a Transformer9000"):
+    with pytest.raises(KeyError, match="Transformer9000"):
         build_model({"class": "Transformer9000"})
 
 

@@ -88,12 +88,3 @@ def test_atomic_write_replaces_whole_files_or_nothing(tmp_path):
     assert target.read_bytes() == b"first"
     assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
 
-
-def test_int_range_accepts_its_range_and_says_what_is_wrong():
-    import argparse
-
-    seed = runtime.int_range(0, 10)
-    assert seed("10") == 10
-    for text, message in (("11", "outside 0..10"), ("-1", "outside"), ("ten", "not a whole number")):
-        with pytest.raises(argparse.ArgumentTypeError, match=message):
-            seed(text)

@@ -9,15 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("batch", "group", "none")
+#: What `CNNConfig.norm` puts after each convolution.
+NORMS = {
+    "batch": nn.BatchNorm2d,
+    "group": lambda channels: nn.GroupNorm(math.gcd(4, channels), channels),
+    "none": lambda channels: nn.Identity(),
+}
 
 
 @dataclass(frozen=True)
 class CNNConfig:
     """The shape of `MnistCNN`: channels of the two convolutions, hidden units, dropout, normalisation.
 
-    `norm="group"` swaps BatchNorm for GroupNorm (each sample normalised on its own, so a batch
-    split across processes computes the same thing); `"none"` leaves normalisation out.
+    `norm="group"` normalises each sample on its own, so a batch split across processes computes the same thing.
     """
 
     conv1_channels: int = 16
@@ -29,15 +33,7 @@ class CNNConfig:
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(4, channels), channels)
-    return nn.Identity()
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
 
 
 class MnistCNN(nn.Module):
@@ -49,11 +45,11 @@ class MnistCNN(nn.Module):
         c1, c2, norm = self.config.conv1_channels, self.config.conv2_channels, self.config.norm
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, kernel_size=5, bias=norm == "none"),  # 28 -> 24
-            _norm(norm, c1),
+            NORMS[norm](c1),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # 24 -> 12
             nn.Conv2d(c1, c2, kernel_size=3, bias=norm == "none"),  # 12 -> 10
-            _norm(norm, c2),
+            NORMS[norm](c2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # 10 -> 5
         )
@@ -84,16 +80,13 @@ class ViTConfig:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: one Linear makes queries, keys and values, SDPA mixes the tokens.
+    """Multi-head self-attention, `[N, T, dim]` in and out: one Linear makes queries, keys and values, SDPA mixes them.
 
-    `[N, T, dim]` in and out. `project` returns the per-head queries, keys and values, so the
-    attention weights can be computed by hand from the same numbers.
+    `project` gives the per-head queries, keys and values, so the attention weights can be computed by hand.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} must be a multiple of heads {heads}")
         self.heads, self.dropout = heads, dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -130,15 +123,12 @@ class TransformerBlock(nn.Module):
 class MnistViT(nn.Module):
     """A small Vision Transformer: patches as tokens, a class token, learned positions, pre-norm blocks.
 
-    `[N, 1, 28, 28]` normalised pixels in, `[N, num_classes]` logits out, read from the class
-    token after the last block. About 140k parameters with the default config.
+    `[N, 1, 28, 28]` normalised pixels in, `[N, num_classes]` logits out, read from the class token after the last block.
     """
 
     def __init__(self, config: ViTConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or ViTConfig()
-        if c.image_size % c.patch_size:
-            raise ValueError(f"patch_size {c.patch_size} must divide image_size {c.image_size}")
         self.num_patches = (c.image_size // c.patch_size) ** 2
         # A convolution with stride = kernel = patch size is a Linear layer applied to each patch.
         self.patch_embedding = nn.Conv2d(1, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
@@ -169,15 +159,9 @@ def build_model(config: object | None = None) -> nn.Module:
     """Build a course model from its config object, or from the dict a checkpoint stores (with its `class`)."""
     if isinstance(config, dict):
         values = dict(config)
-        name = values.pop("class", "MnistCNN")
-        if name not in MODELS:
-            raise ValueError(f"cannot build a {name}: the course builds {', '.join(MODELS)}")
-        model_class, config_class = MODELS[name]
+        model_class, config_class = MODELS[values.pop("class", "MnistCNN")]
         return model_class(config_class(**values))
-    for model_class, config_class in MODELS.values():
-        if isinstance(config, config_class):
-            return model_class(config)
-    return MnistCNN(config)
+    return MnistViT(config) if isinstance(config, ViTConfig) else MnistCNN(config)
 
 
 def model_config(model: nn.Module) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import random
@@ -11,23 +10,22 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
-
-_PROJECT_MARKERS = ("pyproject.toml", "data")
 
 
 class DeviceUnavailableError(RuntimeError):
     """A device was asked for by name but this machine does not have it."""
 
 
-def find_project_root(start: str | Path | None = None) -> Path:
+def find_project_root() -> Path:
     """The course's top folder (holding `pyproject.toml`, `data/` and `src/mnist_guide`), or `MNIST_GUIDE_ROOT`."""
     env = os.environ.get("MNIST_GUIDE_ROOT")
     if env:
         return Path(env).expanduser().resolve()
-    here = Path(start or Path.cwd()).resolve()
+    here = Path.cwd().resolve()
     for folder in [here, *here.parents, *Path(__file__).resolve().parent.parents]:
-        if all((folder / marker).exists() for marker in _PROJECT_MARKERS) and (folder / "src" / "mnist_guide").is_dir():
+        if (folder / "pyproject.toml").exists() and (folder / "data").exists() and (folder / "src" / "mnist_guide").is_dir():
             return folder
     return here  # installed without a checkout
 
@@ -48,17 +46,13 @@ def artifacts_dir(create: bool = True) -> Path:
 
 
 def _available(device: torch.device) -> bool:
-    if device.type == "cpu":
-        return True
     if device.type == "cuda":
         return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    if device.type == "mps":
-        return torch.backends.mps.is_available()
-    return False
+    return device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
 
 
 def pick_device(prefer: str | torch.device | None = None) -> torch.device:
-    """`prefer` if given and present, else CUDA, then MPS, then the CPU; `MNIST_GUIDE_DEVICE` chooses from outside."""
+    """The device `prefer` (or else `MNIST_GUIDE_DEVICE`) names, refused if absent; else CUDA, then MPS, then the CPU."""
     prefer = prefer if prefer is not None else os.environ.get("MNIST_GUIDE_DEVICE") or None
     if prefer is None:
         return next(d for d in map(torch.device, ("cuda", "mps", "cpu")) if _available(d))
@@ -73,8 +67,6 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python's `random`, NumPy and torch (every device); returns a seeded CPU generator."""
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # seeds CUDA too
@@ -91,17 +83,13 @@ def _cpu_name() -> str:
 
 def library_versions() -> dict[str, str]:
     """The versions of Python and the libraries that decide how the course runs (stored in checkpoints too)."""
+    import torchmetrics
     import torchvision
 
     from mnist_guide import __version__
 
-    try:
-        import torchmetrics
-        metrics_version = torchmetrics.__version__
-    except ImportError:
-        metrics_version = "not installed"
     return {"mnist_guide": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "torchmetrics": str(metrics_version)}
+            "torchvision": str(torchvision.__version__), "torchmetrics": str(torchmetrics.__version__)}
 
 
 def describe_environment(device: torch.device | str | None = None) -> dict[str, str]:
@@ -149,20 +137,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-
-def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type for a whole number in `low..high` (`high=None`: no upper bound)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high if high is not None else ''}")
-        return value
-
-    return parse
-
-
-positive_int = int_range(1)
