@@ -137,3 +137,9 @@ def test_the_vit_exports_with_a_dynamic_batch_and_keeps_parity():
     for batch in (1, 5):
         pixels = export.example_pixels(batch)
         torch.testing.assert_close(program.module()(pixels), deployable(pixels), atol=export.PARITY_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("change", [{"patch_size": 5}, {"heads": 3}])
+def test_a_config_that_would_drop_pixels_or_split_heads_unevenly_is_refused(change):
+    with pytest.raises(ValueError, match="patch_size must divide 28"):
+        ViTConfig(**change)

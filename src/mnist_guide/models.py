@@ -78,6 +78,10 @@ class ViTConfig:
     num_classes: int = 10
     image_size: int = 28
 
+    def __post_init__(self) -> None:  # a learner's experiment or a checkpoint's config: refuse what silently drops pixels
+        if self.image_size % self.patch_size or self.dim % self.heads:
+            raise ValueError(f"patch_size must divide {self.image_size} and heads must divide dim, got {self}")
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention, `[N, T, dim]` in and out: one Linear makes queries, keys and values, SDPA mixes them.
