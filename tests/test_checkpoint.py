@@ -35,7 +35,7 @@ def test_round_trip_restores_weights_config_optimizer_and_versions(tmp_path):
     assert _same_weights(loaded, model)
     assert checkpoint.epoch == 3 and checkpoint.model_config["class"] == "MnistCNN"
     assert checkpoint.versions["torch"] == str(torch.__version__)
-    assert History.from_dict(checkpoint.history).test_accuracy == [0.5, 0.6, 0.7]
+    assert History(**checkpoint.history).test_accuracy == [0.5, 0.6, 0.7]
     fresh = build_model()
     fresh_optimizer = torch.optim.Adam(fresh.parameters())
     load_checkpoint(path, fresh, optimizer=fresh_optimizer)

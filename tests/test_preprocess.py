@@ -144,10 +144,7 @@ def test_16_bit_images_are_scaled_not_clipped(test_digits):
     # Clipping to 255 would saturate every stroke pixel; scaling keeps the grey levels.
     clipped = mnist_style(np.minimum(deep, 255).astype(np.uint8))
     assert (clipped == 1).sum() > 2 * (mnist_style(deep) == 1).sum()
-    as_int32 = deep.astype(np.int32)
-    with pytest.raises(ValueError, match="max_value"):
-        mnist_style(as_int32)
-    assert torch.equal(mnist_style(as_int32, max_value=65535), mnist_style(deep))
+    assert torch.equal(mnist_style(deep.astype(np.int32), max_value=65535), mnist_style(deep))
 
 
 @pytest.mark.parametrize(
@@ -165,12 +162,6 @@ def test_16_bit_images_are_scaled_not_clipped(test_digits):
 def test_a_blank_image_is_refused(blank):
     with pytest.raises(NoInkError, match="no ink"):
         mnist_style(blank)
-
-
-@pytest.mark.parametrize("shape", [(28,), (28, 28, 5), (0, 28), (2, 28, 28, 1)])
-def test_not_an_image_is_refused(shape):
-    with pytest.raises(ValueError, match="grey, grey\\+alpha, RGB or RGBA"):
-        mnist_style(np.zeros(shape, np.uint8))
 
 
 def test_a_single_dot_is_ink_and_fills_the_box():

@@ -1,5 +1,5 @@
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +11,6 @@ from mnist_guide.data import MNIST_MEAN, MNIST_STD, TensorLoader, random_shift
 from mnist_guide.models import build_model
 from mnist_guide.training import (
     RECORD_RECIPE,
-    History,
     Recipe,
     evaluate,
     fit,
@@ -52,11 +51,6 @@ def test_fit_records_one_entry_per_epoch_and_learns():
     assert history.epochs == 3 and len(history.train_loss) == len(history.epoch_seconds) == 3
     assert history.train_loss[-1] < history.train_loss[0]
     assert history.test_accuracy[-1] > 0.5
-
-
-def test_history_survives_a_dict_round_trip():
-    history = History(train_loss=[1.0, 0.5], test_accuracy=[0.9, 0.95])
-    assert History.from_dict(asdict(history)) == history
 
 
 @pytest.mark.parametrize("accumulate", [2, 3])

@@ -1,7 +1,6 @@
 """The checkpoint format: weights, the model's config, optimizer state, epoch and versions, written atomically.
 
-Checkpoints are read with `torch.load(..., weights_only=True)` after their zip CRCs are checked, so
-a damaged file or one holding another model is refused with one line saying which.
+Read with `weights_only=True` after the zip CRCs are checked: a damaged or foreign file is refused in one line.
 """
 
 from __future__ import annotations
@@ -36,10 +35,7 @@ class Checkpoint:
 
 
 def check_zip(path: str | Path, error: type[Exception] = CheckpointError) -> None:
-    """Raise `error` naming `path` unless it is a zip archive whose every member matches its CRC.
-
-    torch's loaders skip the CRCs, so without this a flipped bit in a weight loads silently.
-    """
+    """Raise `error` unless `path` is a zip archive whose members pass their CRC check (torch's loaders skip it)."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -68,14 +64,14 @@ def save_checkpoint(
     return atomic_write(path, lambda temporary: torch.save(asdict(checkpoint), temporary))
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint file (CRCs checked, `weights_only=True`); a damaged or foreign file raises `CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint. Train one with `mnist-guide train --out {path.parent}`.")
     check_zip(path)
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
         first = str(error).splitlines()[0] if str(error) else ""
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first}).") from None
@@ -86,13 +82,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_checkpoint(
     path: str | Path, model: nn.Module | None = None, *, optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, map_location: str | torch.device = "cpu"
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 ) -> tuple[nn.Module, Checkpoint]:
-    """Load a checkpoint into `model` (built from the stored config when `None`), and the optimizer and scheduler when given.
-
-    Loading into a model of another class or shape raises `CheckpointError` saying which.
-    """
-    checkpoint = read_checkpoint(path, map_location=map_location)
+    """Load a checkpoint into `model` (built from its config when `None`) and the given optimizer and scheduler."""
+    checkpoint = read_checkpoint(path)
     stored = checkpoint.model_config
     if model is None:
         try:
@@ -100,12 +93,10 @@ def load_checkpoint(
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path}: holds a {stored.get('class', 'model')} this course cannot build "
                                   f"(config {stored}: {error}).") from None
-    elif model_config(model) != stored:
-        given = model_config(model)
+    elif (given := model_config(model)) != stored:
         raise CheckpointError(
             f"{path}: holds a {stored.get('class')} with config {stored}, but the model given is a {given['class']} with "
-            f"config {given}. Build the model from the checkpoint (load_checkpoint(path)) or load a checkpoint of this model."
-        )
+            f"config {given}. Build the model from the checkpoint (load_checkpoint(path)) or load a checkpoint of this model.")
     for name, wanted, state in (("optimizer", optimizer, checkpoint.optimizer_state),
                                 ("scheduler", scheduler, checkpoint.scheduler_state)):
         if wanted is not None and state is None:

@@ -41,11 +41,7 @@ class IdxFile:
 
     @property
     def size(self) -> int:
-        header = 4 + 4 * len(self.shape)
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return header + count
+        return 4 + 4 * len(self.shape) + math.prod(self.shape)  # magic, a 4-byte count per dimension, the bytes
 
 
 MNIST_FILES: dict[str, IdxFile] = {
@@ -59,20 +55,8 @@ MNIST_FILES: dict[str, IdxFile] = {
 }
 
 
-def _sha256(path_or_bytes: Path | bytes) -> str:
-    if isinstance(path_or_bytes, bytes):
-        return hashlib.sha256(path_or_bytes).hexdigest()
-    digest = hashlib.sha256()
-    with open(path_or_bytes, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
     """Decompress one .gz (never past its expected size) and check its IDX header, length and checksum."""
-    if not gz_path.is_file():
-        raise MnistDataError(f"{gz_path}: not a regular file. {RESTORE_HINT}")
     try:
         with gzip.open(gz_path, "rb") as stream:
             raw = stream.read(spec.size + 1)
@@ -92,7 +76,7 @@ def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
     if len(raw) != spec.size:
         found = "more than that" if len(raw) > spec.size else f"{len(raw)} (truncated?)"
         raise MnistDataError(f"{gz_path}: {spec.size} bytes expected once decompressed, {found}. {RESTORE_HINT}")
-    if _sha256(raw) != spec.raw_sha256:
+    if hashlib.sha256(raw).hexdigest() != spec.raw_sha256:
         raise MnistDataError(f"{gz_path}: checksum mismatch (file corrupt?). {RESTORE_HINT}")
     return raw
 
@@ -100,26 +84,20 @@ def _decompress_and_check(gz_path: Path, spec: IdxFile) -> bytes:
 def prepare_mnist(root: str | Path | None = None) -> Path:
     """Verify the four MNIST files under `root/MNIST/raw` and decompress them for torchvision; returns `root`.
 
-    A damaged file raises `MnistDataError` naming it, so nothing trains on a partial file.
+    A missing or damaged file raises `MnistDataError` naming it, so nothing trains on a partial file.
     """
     root = Path(root) if root is not None else data_dir()
-    raw_dir = root / "MNIST" / "raw"
-    missing = [spec for spec in MNIST_FILES.values() if not (raw_dir / f"{spec.name}.gz").exists()]
-    if missing:
-        names = ", ".join(str(raw_dir / f"{spec.name}.gz") for spec in missing)
-        raise MnistDataError(f"{names}: missing. {RESTORE_HINT}")
     for spec in MNIST_FILES.values():
-        gz_path, raw_path = raw_dir / f"{spec.name}.gz", raw_dir / spec.name
-        if not gz_path.is_file() or (raw_path.exists() and not raw_path.is_file()):
-            raise MnistDataError(f"{gz_path if not gz_path.is_file() else raw_path}: not a regular file. {RESTORE_HINT}")
+        gz_path, raw_path = root / "MNIST" / "raw" / f"{spec.name}.gz", root / "MNIST" / "raw" / spec.name
+        if not gz_path.is_file():
+            problem = "missing" if not gz_path.exists() else "not a regular file"
+            raise MnistDataError(f"{gz_path}: {problem}. {RESTORE_HINT}")
         try:
-            gz_is_known = _sha256(gz_path) == spec.gz_sha256
-            raw_is_good = raw_path.is_file() and raw_path.stat().st_size == spec.size and _sha256(raw_path) == spec.raw_sha256
-            if gz_is_known and raw_is_good:
+            raw_is_good = raw_path.is_file() and hashlib.sha256(raw_path.read_bytes()).hexdigest() == spec.raw_sha256
+            if raw_is_good and hashlib.sha256(gz_path.read_bytes()).hexdigest() == spec.gz_sha256:
                 continue
-            raw = _decompress_and_check(gz_path, spec)  # an unknown .gz is checked fully
-            if not raw_is_good:
-                atomic_write(raw_path, lambda temporary, raw=raw: temporary.write_bytes(raw))
+            raw = _decompress_and_check(gz_path, spec)  # any other .gz is checked fully
+            atomic_write(raw_path, lambda temporary, raw=raw: temporary.write_bytes(raw))
         except OSError as error:
             raise MnistDataError(f"{gz_path}: cannot be read or unpacked ({error.strerror or error}).") from error
     return root
@@ -133,9 +111,8 @@ def mnist_dataset(train: bool, transform: Callable | None = None, root: str | Pa
     return torchvision.datasets.MNIST(str(root), train=train, transform=transform, download=False)
 
 
-def mnist_tensors(
-    train: bool, root: str | Path | None = None, normalize: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
+def mnist_tensors(train: bool, root: str | Path | None = None,
+                  normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One whole split as float32 `[N, 1, 28, 28]` images in [0, 1] (standardised when `normalize`) and int64 labels."""
     dataset = mnist_dataset(train, root=root)
     images = dataset.data.unsqueeze(1).to(torch.float32).div_(255.0)
@@ -154,18 +131,13 @@ def shift_images(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) ->
 
 
 def random_offsets(count: int, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """`[count, 2]` random shifts in `0..2*max_shift` (rows, then columns) for `shift_images`."""
-    rows = torch.randint(0, 2 * max_shift + 1, (count, 1, 1), generator=generator)
-    cols = torch.randint(0, 2 * max_shift + 1, (count, 1, 1), generator=generator)
-    return torch.cat([rows, cols], dim=1).view(count, 2)
+    """`[count, 2]` random offsets in `0..2*max_shift` (row, column) for `shift_images`."""
+    return torch.randint(0, 2 * max_shift + 1, (2, count), generator=generator).T
 
 
 def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """An augmentation for `TensorLoader`: each image moved by up to `max_shift` pixels in x and y."""
-    def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return shift_images(images, random_offsets(len(images), max_shift, generator), max_shift)
-
-    return shift
+    return lambda images, generator: shift_images(images, random_offsets(len(images), max_shift, generator), max_shift)
 
 
 #: Both splits held in memory: (train images, train labels, test images, test labels).
@@ -173,11 +145,7 @@ MnistSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class TensorLoader:
-    """Batches sliced from tensors in memory: a `DataLoader` without per-sample work.
-
-    The shuffle is seeded per epoch (`set_epoch`, as with `DistributedSampler`), so a resumed run
-    sees the batches of an unbroken one; `augment(batch, generator)` uses the same generator.
-    """
+    """Batches sliced from tensors (a `DataLoader` without per-sample work), seeded per epoch so a resume is exact."""
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
@@ -195,8 +163,7 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.images), self.batch_size)
-        return full if (self.drop_last or rest == 0) else full + 1
+        return len(self.images) // self.batch_size if self.drop_last else math.ceil(len(self.images) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -215,17 +182,15 @@ def make_loaders(
     device: torch.device | str | None = None, drop_last: bool = False,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 ) -> tuple[TensorLoader, TensorLoader]:
-    """`(train_loader, test_loader)` over `data` = (train images, labels, test images, labels), MNIST when `None`.
+    """`(train_loader, test_loader)` over `data` (train images, labels, test images, labels; MNIST when `None`).
 
     The training loader shuffles (seeded) and may augment; the test loader keeps the order.
     """
     if data is None:
         data = (*mnist_tensors(train=True), *mnist_tensors(train=False))
     train_images, train_labels, test_images, test_labels = data
-    train_loader = TensorLoader(
-        train_images, train_labels, batch_size,
-        shuffle=True, seed=seed, drop_last=drop_last, device=device, augment=augment,
-    )
+    train_loader = TensorLoader(train_images, train_labels, batch_size, shuffle=True, seed=seed, drop_last=drop_last,
+                                device=device, augment=augment)
     test_loader = TensorLoader(test_images, test_labels, test_batch_size, device=device)
     return train_loader, test_loader
 
@@ -256,25 +221,18 @@ def _as_float_image(image, max_value: float | None):
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[:, :, None]
-    elif array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+    elif array.shape[2] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
         array = array.transpose(1, 2, 0)  # channels first, as torchvision gives them
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"expected a grey, grey+alpha, RGB or RGBA image, got an array of shape {array.shape}")
-    full_range = {np.dtype(np.bool_): 1.0, np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-    if max_value is None and array.dtype in full_range:
-        return array.astype(np.float32) / np.float32(full_range[array.dtype])
-    if max_value is None and array.dtype.kind != "f":
-        raise ValueError(f"{array.dtype} pixels: pass max_value (65535 for a 16-bit image, 255 for 8-bit)")
-    pixels = array.astype(np.float32) / np.float32(max_value or 1.0)
+    if max_value is None:  # the type's full range: 255 for 8 bits, 65535 for 16, 1 for floats and booleans
+        max_value = np.iinfo(array.dtype).max if array.dtype.kind in "iu" else 1.0
+    pixels = array.astype(np.float32) / np.float32(max_value)
     return np.clip(np.nan_to_num(pixels, nan=0.0), 0.0, 1.0)
 
 
 def ink_on_black(image, *, max_value: float | None = None) -> torch.Tensor:
-    """The ink of any grey/RGB/RGBA image as float32 `[H, W]`: 0 where the paper is, positive on strokes.
+    """The ink of any grey/RGB/RGBA image as float32 `[H, W]`, light on black as in MNIST (0 where the paper is).
 
-    Transparent pixels become paper (white behind dark ink, black behind light ink), colour becomes grey
-    (ITU-R 601 luma, as Pillow's `convert("L")`), and the paper is whatever the border mostly shows:
-    a light one means dark ink, which is turned into light ink on black, as in MNIST.
+    Transparency becomes paper, colour grey (ITU-R 601 luma, as Pillow's `convert("L")`); the border shows the paper.
     """
     import numpy as np
 

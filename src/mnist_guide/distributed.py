@@ -1,7 +1,6 @@
 """Data-parallel training with `torchrun`, built on `training`: each process its shard, DDP or FSDP, one checkpoint.
 
-`torchrun --nproc_per_node 2 -m mnist_guide.cli train-parallel --out DIR` runs it; started without
-torchrun it trains alone with the same code and batches, which is how two processes are checked against one.
+Run by `mnist-guide train-parallel` under torchrun; without torchrun it trains alone, the same way (the reference).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,22 +23,21 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from mnist_guide import training
 from mnist_guide.checkpoint import save_checkpoint
-from mnist_guide.data import MnistSplits, TensorLoader, mnist_tensors, shift_images
+from mnist_guide.data import MnistSplits, TensorLoader, mnist_tensors, random_offsets, shift_images
 from mnist_guide.models import build_model
 from mnist_guide.runtime import free_port, pick_device
-from mnist_guide.training import History, Recipe, evaluate, make_optimizer, make_scheduler, train_one_epoch
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
-class DistributedRecipe(Recipe):
-    """The course recipe for any number of processes: `batch_size` is the global batch, split over processes and `accumulate` micro-batches.
+class DistributedRecipe(training.Recipe):
+    """The course recipe for any number of processes: `batch_size` is the global batch over processes and micro-batches.
 
-    `max_steps` stops early (the schedule spans the steps that run); `dtype="float64"` is how runs
-    that should compute the same thing are compared.
+    `max_steps` stops early (the schedule spans the steps that run); `dtype="float64"` compares runs exactly.
     """
 
     epochs: int = 1
@@ -73,11 +70,8 @@ class World:
         return tensor.cpu()
 
 
-def init_world(device: str | torch.device | None = None, timeout_s: float = 300.0) -> World:
-    """Join the process group that `torchrun` describes in RANK, WORLD_SIZE, ...; alone without them.
-
-    One GPU per process (NCCL) when there are enough, else the CPU (gloo).
-    """
+def init_world(device: str | torch.device | None = None) -> World:
+    """Join torchrun's process group, or stay alone: NCCL with a GPU per process when there are enough, else gloo."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     chosen = pick_device(device)
@@ -90,7 +84,7 @@ def init_world(device: str | torch.device | None = None, timeout_s: float = 300.
         return World(device=chosen)
     backend = "nccl" if chosen.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+        dist.init_process_group(backend, timeout=timedelta(minutes=5),
                                 device_id=chosen if chosen.type == "cuda" else None)
     return World(rank, world_size, chosen, backend)
 
@@ -116,8 +110,7 @@ def shard_indices(dataset_size: int, world: World, *, seed: int, epoch: int) -> 
 
 def epoch_offsets(count: int, max_shift: int, seed: int, epoch: int) -> torch.Tensor:
     """Every sample's shift for `epoch`, drawn for the whole data set: the same whichever process takes the sample."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randint(0, 2 * max_shift + 1, (count, 2), generator=generator)
+    return random_offsets(count, max_shift, torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def wrap_model(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
@@ -151,25 +144,12 @@ def _log_steps(batches: Iterator, optimizer: torch.optim.Optimizer, first: int, 
             logger.info(f"step {step}/{total}: learning rate {optimizer.param_groups[0]['lr']:.5f}")
 
 
-@dataclass
-class DistributedRun:
-    """What `train` returns on every rank: the trained model (whole on rank 0), its history, steps and seconds."""
-
-    model: nn.Module
-    history: History
-    world: World
-    steps: int
-    train_seconds: float
-    checkpoint_path: Path | None = None
-
-
 def train(
     recipe: DistributedRecipe | None = None, *, out: str | Path | None = None,
     device: str | torch.device | None = None, strategy: str = "ddp", data: MnistSplits | None = None,
     evaluate_each_epoch: bool = True, log_every: int = 50
-) -> DistributedRun:
-    """Train with `recipe` on every process of the group (or alone), with `training.train_one_epoch`; rank 0 writes `out/checkpoint.pt`.
-    """
+) -> training.TrainingRun:
+    """Train with `recipe` in every process (or alone) by `training.train_one_epoch`; rank 0 writes the checkpoint."""
     recipe = recipe or DistributedRecipe()
     world = init_world(device)
     train_images, train_labels, test_images, test_labels = data or (*mnist_tensors(True), *mnist_tensors(False))
@@ -179,8 +159,8 @@ def train(
     memory_format = torch.channels_last if strategy == "ddp" and recipe.channels_last else torch.contiguous_format
     model = build_model(recipe.model).to(world.device, DTYPES[recipe.dtype], memory_format=memory_format)
     parallel = wrap_model(model, world, strategy)
-    optimizer = make_optimizer(parallel, recipe)
-    scheduler = make_scheduler(optimizer, recipe, per_epoch, total_steps)
+    optimizer = training.make_optimizer(parallel, recipe)
+    scheduler = training.make_scheduler(optimizer, recipe, per_epoch, total_steps)
     logger.info(f"{world.world_size} process(es), backend {world.backend or 'none'} on {world.device.type}; global batch "
                 f"{recipe.batch_size} = {world.world_size} × {recipe.accumulate} micro-batch(es) × "
                 f"{recipe.micro_batch_size(world.world_size)}; {total_steps} steps")
@@ -189,7 +169,7 @@ def train(
                 extra={"all_ranks": True})
     test_shard = torch.arange(world.rank, len(test_images), world.world_size)
     test_loader = TensorLoader(test_images[test_shard].to(DTYPES[recipe.dtype]), test_labels[test_shard], 1000)
-    history, steps = History(), 0
+    history, steps = training.History(), 0
     for epoch in range(recipe.epochs):
         indices = shard_indices(len(train_images), world, seed=recipe.seed, epoch=epoch)
         logger.info(f"epoch {epoch + 1}: my shard holds {len(indices)} samples, starting {indices[:4].tolist()}",
@@ -198,10 +178,9 @@ def train(
         batches = itertools.islice(_shard_batches(train_images, train_labels, indices, offsets, recipe, world),
                                    total_steps - steps)
         learning_rate, started = optimizer.param_groups[0]["lr"], time.perf_counter()
-        loss, accuracy = train_one_epoch(parallel, batches, optimizer, scheduler=scheduler, device=world.device,
-                                         memory_format=memory_format, accumulate=recipe.accumulate,
-                                         progress=partial(_log_steps, optimizer=optimizer, first=steps, total=total_steps,
-                                                          every=log_every))
+        loss, accuracy = training.train_one_epoch(
+            parallel, _log_steps(batches, optimizer, steps, total_steps, log_every), optimizer, scheduler=scheduler,
+            device=world.device, memory_format=memory_format, accumulate=recipe.accumulate)
         steps = min(steps + per_epoch, total_steps)
         loss, accuracy = (world.all_sum(torch.tensor([loss, accuracy], dtype=torch.float64)) / world.world_size).tolist()
         for key, value in (("train_loss", loss), ("train_accuracy", accuracy), ("learning_rate", learning_rate),
@@ -212,7 +191,8 @@ def train(
                 for buffer in parallel.buffers():
                     dist.broadcast(buffer, src=0)
             plain = getattr(parallel, "module", parallel)  # DDP's wrapper would talk to the others in each forward
-            test_loss, test_accuracy = evaluate(plain, test_loader, device=world.device, all_reduce=world.all_sum)
+            test_loss, test_accuracy = training.evaluate(plain, test_loader, device=world.device,
+                                                         all_reduce=world.all_sum)
             history.test_loss.append(test_loss)
             history.test_accuracy.append(test_accuracy)
         logger.info(f"epoch {epoch + 1}: train loss {loss:.4f}"
@@ -220,36 +200,29 @@ def train(
                     + f", {history.epoch_seconds[-1]:.1f} s")
         if steps == total_steps:
             break
-    state = _full_state_dict(parallel, world, strategy)
-    if state is not None:  # the whole model: every rank under DDP, rank 0 under FSDP
-        model = build_model(recipe.model).to(DTYPES[recipe.dtype])
-        model.load_state_dict(state)
-    checkpoint_path = Path(out) / "checkpoint.pt" if out is not None else None
-    train_seconds = sum(history.epoch_seconds)
-    if checkpoint_path is not None and world.rank == 0:  # the others hold the same weights
-        sharded = world.backend is not None and strategy == "fsdp"  # FSDP's optimizer state is sharded: not saved
-        save_checkpoint(checkpoint_path, model, epoch=len(history.train_loss), history=history,
-                        optimizer=None if sharded else optimizer, scheduler=None if sharded else scheduler,
-                        extra={"recipe": recipe.to_dict(), "world_size": world.world_size, "backend": world.backend,
-                               "strategy": strategy, "steps": steps, "train_seconds": round(train_seconds, 2)})
-        logger.info(f"wrote {checkpoint_path.name} ({steps} steps, {train_seconds:.1f} s)")
-    return DistributedRun(model, history, world, steps, train_seconds, checkpoint_path)
-
-
-def _full_state_dict(model: nn.Module, world: World, strategy: str) -> dict | None:
-    """The whole model's weights on rank 0 (under FSDP a collective: every rank calls it)."""
-    if world.backend is not None and strategy == "fsdp":
+    sharded = world.backend is not None and strategy == "fsdp"
+    if sharded:  # the whole model gathered on rank 0: every rank takes part
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if world.rank == 0 else None
-    return {key: value.detach().cpu() for key, value in getattr(model, "module", model).state_dict().items()}
+        state = get_model_state_dict(parallel, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = model.state_dict()  # DDP trains `model` itself
+    train_seconds = sum(history.epoch_seconds)
+    if world.rank == 0:  # the whole model, on the CPU, outside any wrapper; the others hold the same weights
+        model = build_model(recipe.model).to(DTYPES[recipe.dtype])
+        model.load_state_dict(state)
+        if out is not None:  # without FSDP's optimizer state: it is sharded
+            save_checkpoint(Path(out) / "checkpoint.pt", model, epoch=history.epochs, history=history,
+                            optimizer=None if sharded else optimizer, scheduler=None if sharded else scheduler,
+                            extra={"recipe": recipe.to_dict(), "world_size": world.world_size, "backend": world.backend,
+                                   "strategy": strategy, "steps": steps, "train_seconds": round(train_seconds, 2)})
+            logger.info(f"wrote checkpoint.pt ({steps} steps, {train_seconds:.1f} s)")
+    return training.TrainingRun(model, history, optimizer, scheduler)
 
 
 def torchrun_command(args: Sequence[str], nproc: int = 2, port: int | None = None,
                      threads_per_process: int = 1) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that run `nproc` local processes meeting on 127.0.0.1 (torchrun's store listens on every interface).
-    """
+    """The command line and environment of `nproc` local processes meeting on 127.0.0.1 (not on every interface)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                "--master_port", str(port or free_port()), "-m", "mnist_guide.cli", "train-parallel", *args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process), PYTHONUNBUFFERED="1")

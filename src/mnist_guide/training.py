@@ -7,19 +7,17 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from mnist_guide.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from mnist_guide.data import MnistSplits, make_loaders, random_shift
 from mnist_guide.models import CNNConfig, ViTConfig, build_model
 from mnist_guide.runtime import artifacts_dir, atomic_write, library_versions, pick_device, seed_everything
-
-COURSE_CHECKPOINT = "mnist_cnn.pt"
 
 
 @dataclass
@@ -37,10 +35,6 @@ class History:
     def epochs(self) -> int:
         return len(self.train_loss)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> History:
-        return cls(**{key: list(values.get(key, [])) for key in cls.__dataclass_fields__})
-
 
 def _gradient_sync(model: nn.Module, sync: bool):
     """Let a data-parallel model skip its gradient all-reduce on all but a step's last micro-batch."""
@@ -50,14 +44,11 @@ def _gradient_sync(model: nn.Module, sync: bool):
 
 
 def train_step(
-    model: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *,
-    loss_fn: Callable = F.cross_entropy
+    model: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step over one or more micro-batches; returns (summed loss, correct, samples).
 
-    Each micro-batch's mean loss is weighted by its share of the step's samples, so accumulated
-    gradients equal those of one big batch, even when the last micro-batch is short.
+    Each micro-batch's loss is weighted by its share of the samples: the gradients of one big batch.
     """
     samples = sum(len(labels) for _, labels in micro_batches)
     optimizer.zero_grad(set_to_none=True)
@@ -65,31 +56,28 @@ def train_step(
     for index, (images, labels) in enumerate(micro_batches):
         with _gradient_sync(model, sync=index == len(micro_batches) - 1):
             logits = model(images)
-            loss = loss_fn(logits, labels) * (len(labels) / samples)
+            loss = F.cross_entropy(logits, labels) * (len(labels) / samples)
             loss.backward()
         loss_sum = loss_sum + loss.detach() * samples
         correct = correct + (logits.detach().argmax(dim=1) == labels).sum()
     optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
     return loss_sum, correct, samples
 
 
 def train_one_epoch(
-    model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, device: torch.device | str = "cpu",
-    loss_fn: Callable = F.cross_entropy, memory_format: torch.memory_format = torch.contiguous_format,
-    accumulate: int = 1, progress: Callable[[Iterable], Iterable] | None = None
+    model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *, scheduler: LRScheduler | None = None,
+    device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format, accumulate: int = 1
 ) -> tuple[float, float]:
-    """One pass over `loader`, one `train_step` per batch (split into `accumulate` micro-batches); returns mean loss and accuracy.
-    """
+    """One pass over `loader`, a `train_step` per batch (in `accumulate` micro-batches); returns mean loss, accuracy."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in progress(loader) if progress is not None else loader:
+    for images, labels in loader:
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         parts = list(zip(images.chunk(accumulate), labels.chunk(accumulate), strict=True))
-        step_loss, step_correct, samples = train_step(model, parts, optimizer, scheduler, loss_fn=loss_fn)
+        step_loss, step_correct, samples = train_step(model, parts, optimizer)
+        if scheduler is not None:
+            scheduler.step()
         loss_sum, correct, seen = loss_sum + step_loss, correct + step_correct, seen + samples
     return float(loss_sum) / seen, int(correct) / seen
 
@@ -97,8 +85,7 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu",
-    loss_fn: Callable = F.cross_entropy, memory_format: torch.memory_format = torch.contiguous_format,
-    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    memory_format: torch.memory_format = torch.contiguous_format, all_reduce: Callable | None = None
 ) -> tuple[float, float]:
     """Mean loss and accuracy of `model` over `loader`; `all_reduce` sums the totals over processes."""
     model.eval()
@@ -107,7 +94,7 @@ def evaluate(
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         logits = model(images)
-        totals += torch.tensor([loss_fn(logits, labels, reduction="sum").item(),
+        totals += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(),
                                 (logits.argmax(dim=1) == labels).sum().item(), len(labels)], dtype=torch.float64)
     if all_reduce is not None:
         totals = all_reduce(totals)
@@ -115,17 +102,14 @@ def evaluate(
 
 
 def fit(
-    model: nn.Module, train_loader: Iterable, test_loader: Iterable, *, epochs: int,
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    scheduler_step: str = "batch", device: torch.device | str = "cpu",
-    memory_format: torch.memory_format = torch.contiguous_format, start_epoch: int = 0,
-    history: History | None = None, progress: bool = True, on_epoch_end: Callable[[int, History],
-    None] | None = None
+    model: nn.Module, train_loader: Iterable, test_loader: Iterable, *, epochs: int, optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler | None = None, scheduler_step: str = "batch", device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format, start_epoch: int = 0, history: History | None = None,
+    progress: bool = True, on_epoch_end: Callable[[int, History], None] | None = None
 ) -> History:
     """Train `model` for `epochs`, evaluating after each; returns the loss and accuracy history.
 
-    The scheduler steps after every batch (`scheduler_step="batch"`, one-cycle) or epoch. `start_epoch`
-    and `history` continue a restored run; `on_epoch_end(epoch, history)` runs after each epoch.
+    The scheduler steps per `"batch"` (one-cycle) or `"epoch"`; `start_epoch` and `history` continue a restored run.
     """
     from tqdm.auto import tqdm
 
@@ -136,10 +120,8 @@ def fit(
         learning_rate = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_accuracy = train_one_epoch(
-            model, train_loader, optimizer,
-            scheduler=scheduler if scheduler_step == "batch" else None, device=device, memory_format=memory_format,
-            progress=partial(tqdm, desc=f"epoch {epoch + 1}", leave=True) if progress else None,
-        )
+            model, tqdm(train_loader, desc=f"epoch {epoch + 1}") if progress else train_loader, optimizer,
+            scheduler=scheduler if scheduler_step == "batch" else None, device=device, memory_format=memory_format)
         if scheduler is not None and scheduler_step == "epoch":
             scheduler.step()
         seconds = time.perf_counter() - started
@@ -152,16 +134,9 @@ def fit(
     return history
 
 
-# --------------------------------------------------------------------------------------------
-# The course recipe
-
-
 @dataclass(frozen=True)
 class Recipe:
-    """The course's training recipe: Adam with a one-cycle rate, batch 256, shifts of `max_shift` pixels, channels_last.
-
-    The one-cycle schedule cycles Adam's beta1 between `betas[0]` and `min_beta1`, against the rate.
-    """
+    """The course's recipe: Adam, a one-cycle rate (and beta1), batch 256, `max_shift`-pixel shifts, channels_last."""
 
     epochs: int = 5
     batch_size: int = 256
@@ -175,16 +150,13 @@ class Recipe:
     min_beta1: float = 0.85
 
     def to_dict(self) -> dict:
-        """The recipe as plain data (for checkpoints and metrics.json)."""
-        return json.loads(json.dumps(asdict(self)))
+        return json.loads(json.dumps(asdict(self)))  # plain data (lists, not tuples) for checkpoints and metrics.json
 
 
 #: The record recipe behind `mnist-guide train`: twice the epochs, and dropout before the last layer.
-#:
 RECORD_RECIPE = Recipe(epochs=10, model=CNNConfig(dropout=0.25))
 
 #: The ViT's recipe: a gentler peak learning rate, and no channels_last (it speeds up convolutions; the ViT has one).
-#:
 VIT_RECIPE = Recipe(max_lr=3e-3, channels_last=False, model=ViTConfig())
 
 
@@ -194,25 +166,20 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, total_steps: int | None = None):
-    """One-cycle learning rate over the run (`recipe.epochs` epochs, or `total_steps`), stepped after every batch.
-
-    The rate climbs to `max_lr` over 30 % of the steps, then anneals; beta1 moves the other way.
-    """
+    """One-cycle rate over `recipe.epochs` epochs (or `total_steps`), stepped per batch; beta1 moves against it."""
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.max_lr, total_steps=total_steps or recipe.epochs * steps_per_epoch,
-        cycle_momentum=True, base_momentum=recipe.min_beta1, max_momentum=recipe.betas[0],
-    )
+        cycle_momentum=True, base_momentum=recipe.min_beta1, max_momentum=recipe.betas[0])
 
 
 @dataclass
 class TrainingRun:
-    """What `train_course_model` returns: the trained model, its history, the optimizer and schedule."""
+    """A finished training run: the trained model, its history, the optimizer and schedule."""
 
     model: nn.Module
     history: History
-    checkpoint_path: Path | None = None
     optimizer: torch.optim.Optimizer | None = None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scheduler: LRScheduler | None = None
 
     @property
     def train_seconds(self) -> float:
@@ -225,10 +192,9 @@ def train_course_model(
     epochs: int | None = None, resume: bool = False, data: MnistSplits | None = None, progress: bool = True,
     on_epoch_end: Callable[[int, History], None] | None = None
 ) -> TrainingRun:
-    """Train the recipe's model (the CNN, or the ViT of `VIT_RECIPE`) on `data` (MNIST when `None`); with `out`, save `out/checkpoint.pt` each epoch.
+    """Train the recipe's model on `data` (MNIST when `None`); with `out`, save `out/checkpoint.pt` after each epoch.
 
-    `epochs` stops early (the schedule still spans `recipe.epochs`); `resume=True` continues from
-    `out/checkpoint.pt`, giving the weights of one unbroken run.
+    `epochs` stops early (the schedule spans `recipe.epochs`); `resume` continues that checkpoint as one unbroken run.
     """
     recipe = recipe or Recipe()
     device = pick_device(device)
@@ -240,34 +206,32 @@ def train_course_model(
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, len(train_loader))
     checkpoint_path = Path(out) / "checkpoint.pt" if out is not None else None
-    start_epoch, history = 0, History()
+    run = TrainingRun(model, History(), optimizer, scheduler)
     if resume:
         _, checkpoint = load_checkpoint(checkpoint_path, model, optimizer=optimizer, scheduler=scheduler)
         if checkpoint.extra.get("recipe", recipe.to_dict()) != recipe.to_dict():
             raise CheckpointError(f"{checkpoint_path}: was written by another recipe ({checkpoint.extra['recipe']}); "
                                   "resume with the same settings, or train from scratch into another folder.")
-        start_epoch, history = checkpoint.epoch, History.from_dict(checkpoint.history)
+        run.history = History(**checkpoint.history)
 
     def save(epoch: int, history: History) -> None:
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, epoch=epoch + 1, optimizer=optimizer, scheduler=scheduler,
-                            history=history, extra={"recipe": recipe.to_dict()})
+            save_course_checkpoint(run, recipe, checkpoint_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
 
-    history = fit(
-        model, train_loader, test_loader, epochs=max((epochs or recipe.epochs) - start_epoch, 0), optimizer=optimizer,
-        scheduler=scheduler, device=device, memory_format=memory_format, start_epoch=start_epoch,
-        history=history, progress=progress, on_epoch_end=save,
-    )
-    return TrainingRun(model.to(memory_format=torch.contiguous_format), history, checkpoint_path, optimizer, scheduler)
+    fit(model, train_loader, test_loader, epochs=max((epochs or recipe.epochs) - run.history.epochs, 0),
+        optimizer=optimizer, scheduler=scheduler, device=device, memory_format=memory_format,
+        start_epoch=run.history.epochs, history=run.history, progress=progress, on_epoch_end=save)
+    model.to(memory_format=torch.contiguous_format)
+    return run
 
 
 def write_metrics(path: str | Path, run: TrainingRun, recipe: Recipe) -> dict:
     """Write `metrics.json` for a finished run: accuracy, loss, epochs, training seconds, seed, recipe, versions."""
     metrics = {
-        "test_accuracy": run.history.test_accuracy[-1] if run.history.epochs else None,
-        "test_loss": run.history.test_loss[-1] if run.history.epochs else None,
+        "test_accuracy": run.history.test_accuracy[-1],
+        "test_loss": run.history.test_loss[-1],
         "epochs": run.history.epochs,
         "train_seconds": round(run.train_seconds, 2),
         "seed": recipe.seed,
@@ -281,22 +245,20 @@ def write_metrics(path: str | Path, run: TrainingRun, recipe: Recipe) -> dict:
 
 def course_checkpoint_path() -> Path:
     """Where notebooks keep the trained course model: `artifacts/mnist_cnn.pt`."""
-    return artifacts_dir() / COURSE_CHECKPOINT
+    return artifacts_dir() / "mnist_cnn.pt"
 
 
 def save_course_checkpoint(run: TrainingRun, recipe: Recipe | None = None, path: str | Path | None = None) -> Path:
     """Save a finished course run to `artifacts/mnist_cnn.pt`, where later notebooks load it."""
-    return save_checkpoint(
-        path or course_checkpoint_path(), run.model, epoch=run.history.epochs, optimizer=run.optimizer,
-        scheduler=run.scheduler, history=run.history, extra={"recipe": (recipe or Recipe()).to_dict()},
-    )
+    return save_checkpoint(path or course_checkpoint_path(), run.model, epoch=run.history.epochs, history=run.history,
+                           optimizer=run.optimizer, scheduler=run.scheduler,
+                           extra={"recipe": (recipe or Recipe()).to_dict()})
 
 
-def load_or_train_course_model(
-    path: str | Path | None = None, *, device: torch.device | str | None = None, progress: bool = True
-) -> tuple[nn.Module, Checkpoint]:
+def load_or_train_course_model(*, device: torch.device | str | None = None,
+                               progress: bool = True) -> tuple[nn.Module, Checkpoint]:
     """Load the trained course model from `artifacts/`, training it with the course recipe when missing."""
-    path = Path(path) if path is not None else course_checkpoint_path()
+    path = course_checkpoint_path()
     if not path.exists():
         save_course_checkpoint(train_course_model(device=device, progress=progress), Recipe(), path)
     model, checkpoint = load_checkpoint(path)
