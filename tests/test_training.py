@@ -118,6 +118,15 @@ def test_resuming_with_another_recipe_is_refused(tmp_path):
                            progress=False)
 
 
+def test_resuming_a_checkpoint_whose_history_is_not_a_history_is_refused(tmp_path):
+    train_course_model(TINY, device="cpu", out=tmp_path, epochs=1, data=mnist_slice(), progress=False)
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    raw["history"] = {"loss": [1.0]}
+    torch.save(raw, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="its history \\(loss\\) is not a training history"):
+        train_course_model(TINY, device="cpu", out=tmp_path, resume=True, data=mnist_slice(), progress=False)
+
+
 def test_metrics_and_course_checkpoint_of_a_run(tmp_path):
     run = train_course_model(TINY, device="cpu", data=mnist_slice(), progress=False)
     metrics = write_metrics(tmp_path / "metrics.json", run, TINY)

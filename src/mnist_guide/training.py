@@ -212,7 +212,11 @@ def train_course_model(
         if checkpoint.extra.get("recipe", recipe.to_dict()) != recipe.to_dict():
             raise CheckpointError(f"{checkpoint_path}: was written by another recipe ({checkpoint.extra['recipe']}); "
                                   "resume with the same settings, or train from scratch into another folder.")
-        run.history = History(**checkpoint.history)
+        try:
+            run.history = History(**checkpoint.history)
+        except TypeError:
+            raise CheckpointError(f"{checkpoint_path}: its history ({', '.join(checkpoint.history)}) is not a training "
+                                  "history; train from scratch into another folder.") from None
 
     def save(epoch: int, history: History) -> None:
         if checkpoint_path is not None:
