@@ -20,8 +20,8 @@ BEGIN, END = "<!-- taught-in: begin (tools/taught_in.py writes this table) -->",
 
 def helpers_used(code: str) -> set[str]:
     """`module.name` of every `mnist_guide` helper the code imports by name or reaches through its module."""
-    used, modules = set(), {}
-    for node in ast.walk(ast.parse(code)):
+    used, modules, nodes = set(), {}, list(ast.walk(ast.parse(code)))
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnist_guide"):
             for alias in node.names:
                 if node.module == "mnist_guide":  # `from mnist_guide import data`: a module
@@ -32,7 +32,7 @@ def helpers_used(code: str) -> set[str]:
             for alias in node.names:
                 if alias.name.startswith("mnist_guide.") and alias.asname:
                     modules[alias.asname] = alias.name.removeprefix("mnist_guide.")
-    for node in ast.walk(ast.parse(code)):
+    for node in nodes:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
             used.add(f"{modules[node.value.id]}.{node.attr}")
     return {name for name in used if not name.startswith("solutions")}

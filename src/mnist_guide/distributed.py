@@ -222,7 +222,10 @@ def train(
 
 def torchrun_command(args: Sequence[str], nproc: int = 2, port: int | None = None,
                      threads_per_process: int = 1) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of `nproc` local processes meeting on 127.0.0.1 (not on every interface)."""
+    """The command line and environment of `nproc` local processes meeting on 127.0.0.1.
+
+    torchrun's rendezvous store still listens on every interface: a torch limitation, closed only by a firewall.
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                "--master_port", str(port or free_port()), "-m", "mnist_guide.cli", "train-parallel", *args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process), PYTHONUNBUFFERED="1")
