@@ -183,3 +183,14 @@ def test_shift_images_moves_each_image_by_its_own_offset():
     assert torch.equal(moved[0, 0, 1:, :-1], images[0, 0, :-1, 1:])  # one row down, one column left
     assert torch.equal(moved[1, 0, :-1, 1:], images[1, 0, 1:, :-1])
     assert torch.equal(moved[2], images[2])
+
+
+def test_a_fraction_of_an_epoch_sees_that_share_of_the_shuffled_images():
+    images, labels = torch.zeros(100, 1, 28, 28), torch.arange(100)
+    loader = data.TensorLoader(images, labels, batch_size=10, shuffle=True, seed=1, fraction=0.65)
+    seen = torch.cat([batch_labels for _, batch_labels in loader])
+    assert len(loader) == 6 and len(seen) == 60 and len(set(seen.tolist())) == 60
+    loader.set_epoch(1)
+    assert set(torch.cat([batch_labels for _, batch_labels in loader]).tolist()) != set(seen.tolist())
+    with pytest.raises(ValueError, match="fraction"):
+        data.TensorLoader(images, labels, batch_size=10, fraction=0)

@@ -33,7 +33,7 @@ def test_build_model_accepts_the_dict_a_checkpoint_stores():
     config = CNNConfig(conv1_channels=8, conv2_channels=12, hidden_units=20, dropout=0.1)
     stored = model_config(MnistCNN(config))
     assert stored == {"class": "MnistCNN", "conv1_channels": 8, "conv2_channels": 12, "hidden_units": 20,
-                      "dropout": 0.1, "num_classes": 10, "norm": "batch"}
+                      "dropout": 0.1, "num_classes": 10, "norm": "batch", "pool_first": False}
     stored.pop("class")
     assert build_model(stored).config == config
 
@@ -70,3 +70,17 @@ def test_group_norm_makes_each_sample_independent_of_its_batch():
 
 def test_without_normalisation_the_convolutions_get_their_bias_back():
     assert count_parameters(build_model(CNNConfig(norm="none"))) == 108_922 - 2 * (16 + 32) + 16 + 32
+
+
+def test_pooling_first_is_the_same_network_without_normalisation():
+    torch.manual_seed(0)
+    usual = MnistCNN(CNNConfig(norm="none"))
+    pooled_first = MnistCNN(CNNConfig(norm="none", pool_first=True))
+    # the same layers in another order: carry the weights over by layer type
+    convolutions = [m for m in pooled_first.modules() if isinstance(m, torch.nn.Conv2d)]
+    for source, target in zip([m for m in usual.modules() if isinstance(m, torch.nn.Conv2d)], convolutions, strict=True):
+        target.load_state_dict(source.state_dict())
+    pooled_first.classifier.load_state_dict(usual.classifier.state_dict())
+    images = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(pooled_first(images), usual(images))  # max-pooling commutes with ReLU
+    assert [type(m).__name__ for m in pooled_first.features][:4] == ["Conv2d", "MaxPool2d", "Identity", "ReLU"]

@@ -10,6 +10,7 @@ from mnist_guide.checkpoint import CheckpointError, load_checkpoint, read_checkp
 from mnist_guide.data import MNIST_MEAN, MNIST_STD, TensorLoader, random_shift
 from mnist_guide.models import build_model
 from mnist_guide.training import (
+    FAST_RECIPE,
     RECORD_RECIPE,
     Recipe,
     evaluate,
@@ -17,6 +18,7 @@ from mnist_guide.training import (
     save_course_checkpoint,
     train_course_model,
     train_one_epoch,
+    train_step,
     write_metrics,
 )
 
@@ -68,6 +70,27 @@ def test_an_epoch_in_micro_batches_takes_the_steps_of_whole_batches(accumulate):
     for a, b in zip(whole.parameters(), split.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert split_loss == pytest.approx(loss, rel=1e-10) and split_accuracy == accuracy
+
+
+def test_a_step_with_label_smoothing_follows_the_smoothed_loss():
+    images, labels = (t[:32] for t in mnist_slice()[:2])
+    torch.manual_seed(0)
+    model = build_model(TINY.model)
+    expected = torch.nn.functional.cross_entropy(model(images), labels, label_smoothing=0.1) * len(labels)
+    loss, _, samples = train_step(model, [(images, labels)], torch.optim.SGD(model.parameters(), lr=0.0), 0.1)
+    torch.testing.assert_close(loss, expected.detach())
+    assert samples == 32 and not torch.isclose(loss, torch.nn.functional.cross_entropy(model(images), labels) * 32)
+
+
+def test_a_run_on_a_fraction_of_each_epoch_takes_that_share_of_the_steps():
+    recipe = replace(TINY, epochs=1, epoch_fraction=0.5, label_smoothing=0.1, model=replace(TINY.model, pool_first=True))
+    run = train_course_model(recipe, device="cpu", data=mnist_slice(), progress=False)
+    assert run.scheduler.total_steps == run.scheduler.last_epoch == 4  # half of 1,024 images in batches of 128
+    assert run.history.epochs == 1 and run.model.features[1].__class__.__name__ == "MaxPool2d"
+
+
+def test_the_fast_recipe_trains_part_of_one_epoch_with_the_cheaper_network():
+    assert FAST_RECIPE.epochs == 1 and FAST_RECIPE.epoch_fraction < 1 and FAST_RECIPE.model.pool_first
 
 
 def test_random_shift_moves_digits_by_at_most_one_pixel_and_repeats_with_the_seed():

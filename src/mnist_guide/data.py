@@ -145,17 +145,22 @@ MnistSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class TensorLoader:
-    """Batches sliced from tensors (a `DataLoader` without per-sample work), seeded per epoch so a resume is exact."""
+    """Batches sliced from tensors (a `DataLoader` without per-sample work), seeded per epoch so a resume is exact.
+
+    `fraction` < 1 ends each epoch early: it sees that share of the (shuffled) images, in as many batches.
+    """
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
         seed: int = 0, drop_last: bool = False, device: torch.device | str | None = None,
-        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None, fraction: float = 1.0
     ) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.device = torch.device(device) if device is not None else images.device
-        self.augment = augment
+        self.augment, self.fraction = augment, fraction
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -163,7 +168,8 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.images) // self.batch_size if self.drop_last else math.ceil(len(self.images) / self.batch_size)
+        full = len(self.images) // self.batch_size if self.drop_last else math.ceil(len(self.images) / self.batch_size)
+        return full if self.fraction == 1 else max(1, round(full * self.fraction))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -180,17 +186,17 @@ class TensorLoader:
 def make_loaders(
     batch_size: int = 256, *, test_batch_size: int = 1000, data: MnistSplits | None = None, seed: int = 0,
     device: torch.device | str | None = None, drop_last: bool = False,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None, fraction: float = 1.0
 ) -> tuple[TensorLoader, TensorLoader]:
     """`(train_loader, test_loader)` over `data` (train images, labels, test images, labels; MNIST when `None`).
 
-    The training loader shuffles (seeded) and may augment; the test loader keeps the order.
+    The training loader shuffles (seeded), may augment and may see a `fraction` of each epoch; the test loader keeps the order.
     """
     if data is None:
         data = (*mnist_tensors(train=True), *mnist_tensors(train=False))
     train_images, train_labels, test_images, test_labels = data
     train_loader = TensorLoader(train_images, train_labels, batch_size, shuffle=True, seed=seed, drop_last=drop_last,
-                                device=device, augment=augment)
+                                device=device, augment=augment, fraction=fraction)
     test_loader = TensorLoader(test_images, test_labels, test_batch_size, device=device)
     return train_loader, test_loader
 
