@@ -9,7 +9,7 @@ from small_runs import cli_on_mnist_slice
 
 from mnist_guide import __version__, cli
 from mnist_guide.checkpoint import load_checkpoint
-from mnist_guide.training import RECORD_RECIPE, Recipe
+from mnist_guide.training import FAST_RECIPE, RECORD_RECIPE, Recipe
 
 # -- version and info -------------------------------------------------------------------------
 
@@ -76,7 +76,8 @@ def test_train_writes_a_checkpoint_and_metrics(monkeypatch, tmp_path, capsys):
     assert checkpoint.history["test_accuracy"] == [metrics["test_accuracy"]]
 
 
-@pytest.mark.parametrize(("flags", "recipe"), [([], RECORD_RECIPE), (["--recipe", "course"], Recipe())], ids=["record", "course"])
+@pytest.mark.parametrize(("flags", "recipe"), [([], RECORD_RECIPE), (["--recipe", "course"], Recipe()),
+                                              (["--recipe", "fast"], FAST_RECIPE)], ids=["record", "course", "fast"])
 def test_train_uses_the_record_recipe_unless_told(flags, recipe, monkeypatch, tmp_path):
     cli_on_mnist_slice(monkeypatch)
     assert cli.main(["train", *flags, "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0

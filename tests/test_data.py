@@ -194,3 +194,15 @@ def test_a_fraction_of_an_epoch_sees_that_share_of_the_shuffled_images():
     assert set(torch.cat([batch_labels for _, batch_labels in loader]).tolist()) != set(seen.tolist())
     with pytest.raises(ValueError, match="fraction"):
         data.TensorLoader(images, labels, batch_size=10, fraction=0)
+
+
+def test_random_affine_repeats_with_the_seed_keeps_black_black_and_does_nothing_at_zero():
+    images, _ = data.mnist_tensors(train=False)
+    batch = images[:32]
+    turn = data.random_affine(2, 10.0, 0.1)
+    first = turn(batch, torch.Generator().manual_seed(5))
+    assert first.shape == batch.shape and not torch.allclose(first, batch)
+    assert torch.equal(first, turn(batch, torch.Generator().manual_seed(5)))
+    black = torch.full((4, 1, 28, 28), (0.0 - data.MNIST_MEAN) / data.MNIST_STD)
+    torch.testing.assert_close(turn(black, torch.Generator().manual_seed(5)), black)
+    torch.testing.assert_close(data.random_affine(0, 0.0, 0.0)(batch, torch.Generator()), batch, atol=1e-4, rtol=0)

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_guide.data import shift_images
 from mnist_guide.models import CNNConfig, MnistCNN, build_model, count_parameters, model_config
 
 
@@ -84,3 +85,16 @@ def test_pooling_first_is_the_same_network_without_normalisation():
     images = torch.randn(8, 1, 28, 28)
     torch.testing.assert_close(pooled_first(images), usual(images))  # max-pooling commutes with ReLU
     assert [type(m).__name__ for m in pooled_first.features][:4] == ["Conv2d", "MaxPool2d", "Identity", "ReLU"]
+
+
+def test_test_shifts_average_the_logits_of_five_shifted_views_in_eval_mode_only():
+    torch.manual_seed(0)
+    shifted = MnistCNN(CNNConfig(test_shifts=True))
+    plain = MnistCNN()
+    plain.load_state_dict(shifted.state_dict())
+    images = torch.randn(6, 1, 28, 28)
+    torch.testing.assert_close(shifted.train()(images), plain.train()(images))
+    shifted.eval(), plain.eval()
+    offsets = [(1, 1), (0, 1), (2, 1), (1, 0), (1, 2)]  # unmoved, then one pixel each way (shift_images' convention)
+    views = [plain(shift_images(images, torch.tensor([offset] * 6), 1)) for offset in offsets]
+    torch.testing.assert_close(shifted(images), torch.stack(views).mean(0))

@@ -13,6 +13,7 @@ from mnist_guide.training import (
     FAST_RECIPE,
     RECORD_RECIPE,
     Recipe,
+    WeightAverage,
     evaluate,
     fit,
     save_course_checkpoint,
@@ -121,8 +122,14 @@ def test_same_seed_same_run():
     assert not _same_weights(first.model, other.model)
 
 
-def test_resumed_training_reaches_the_same_weights_as_one_unbroken_run(tmp_path):
-    recipe = replace(TINY, epochs=3)
+#: TINY with every ingredient of the record recipe: affine maps, a weight average, pooling first, shifted test views.
+TINY_RECORD = replace(TINY, max_shift=2, max_degrees=10.0, max_scale=0.1, weight_average=0.9, label_smoothing=0.1,
+                      model=replace(TINY.model, dropout=0.25, pool_first=True, test_shifts=True))
+
+
+@pytest.mark.parametrize("base", [TINY, TINY_RECORD], ids=["course", "record"])
+def test_resumed_training_reaches_the_same_weights_as_one_unbroken_run(base, tmp_path):
+    recipe = replace(base, epochs=3)
     straight = train_course_model(recipe, device="cpu", out=tmp_path / "straight", data=mnist_slice(), progress=False)
     train_course_model(recipe, device="cpu", out=tmp_path / "broken", epochs=1, data=mnist_slice(), progress=False)
     assert read_checkpoint(tmp_path / "broken" / "checkpoint.pt").epoch == 1
@@ -148,6 +155,34 @@ def test_resuming_a_checkpoint_whose_history_is_not_a_history_is_refused(tmp_pat
     torch.save(raw, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="its history \\(loss\\) is not a training history"):
         train_course_model(TINY, device="cpu", out=tmp_path, resume=True, data=mnist_slice(), progress=False)
+
+
+def test_resuming_an_averaged_run_without_its_trained_weights_is_refused(tmp_path):
+    train_course_model(TINY_RECORD, device="cpu", out=tmp_path, epochs=1, data=mnist_slice(), progress=False)
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del raw["extra"]["trained_state"]
+    torch.save(raw, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="lacks the trained weights behind its average"):
+        train_course_model(TINY_RECORD, device="cpu", out=tmp_path, resume=True, data=mnist_slice(), progress=False)
+
+
+def test_the_weight_average_moves_a_step_of_one_minus_decay_and_is_what_is_saved(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(TINY.model)
+    average = WeightAverage(model, decay=0.75)
+    before = {key: value.clone() for key, value in average.model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    average.update()
+    for key, value in average.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * before[key] + 0.25 * model.state_dict()[key])
+    assert average.steps == 1 and not any(p.requires_grad for p in average.model.parameters())
+    run = train_course_model(replace(TINY_RECORD, epochs=1), device="cpu", data=mnist_slice(), progress=False)
+    assert run.model is run.average.model and not _same_weights(run.model, run.average.source)
+    model, checkpoint = load_checkpoint(save_course_checkpoint(run, TINY_RECORD, tmp_path / "record.pt"))
+    assert _same_weights(model, run.model) and checkpoint.extra["average_steps"] == run.average.steps
 
 
 def test_metrics_and_course_checkpoint_of_a_run(tmp_path):

@@ -140,6 +140,25 @@ def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], to
     return lambda images, generator: shift_images(images, random_offsets(len(images), max_shift, generator), max_shift)
 
 
+def random_affine(max_shift: float, max_degrees: float, max_scale: float) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """An augmentation for `TensorLoader`: each image turned, scaled and moved at random, in one `grid_sample` call.
+
+    Up to `max_degrees` either way, a factor within `1 ± max_scale`, up to `max_shift` pixels in x and y; black fills in.
+    """
+
+    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        draws = torch.rand(len(images), 4, generator=generator) * 2 - 1  # in [-1, 1): angle, scale, x, y
+        angle, scale = draws[:, 0] * math.radians(max_degrees), 1 + draws[:, 1] * max_scale
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        shift = draws[:, 2:] * (2 * max_shift / images.shape[-1])  # the image spans [-1, 1] in grid units
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        black = (0.0 - MNIST_MEAN) / MNIST_STD  # grid_sample fills with zeros: sample the images with black at zero
+        return F.grid_sample(images - black, grid, align_corners=False) + black
+
+    return augment
+
+
 #: Both splits held in memory: (train images, train labels, test images, test labels).
 MnistSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

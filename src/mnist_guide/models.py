@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_guide.data import MNIST_MEAN, MNIST_STD
+
 #: What `CNNConfig.norm` puts after each convolution.
 NORMS = {
     "batch": nn.BatchNorm2d,
@@ -23,6 +25,7 @@ class CNNConfig:
 
     `norm="group"` normalises each sample on its own, so a batch split across processes computes the same thing.
     `pool_first` max-pools straight after each convolution: norm and ReLU then work on a quarter of the pixels.
+    `test_shifts`: in eval mode, the logits are the mean over the image and its four one-pixel shifts.
     """
 
     conv1_channels: int = 16
@@ -32,6 +35,7 @@ class CNNConfig:
     num_classes: int = 10
     norm: str = "batch"
     pool_first: bool = False
+    test_shifts: bool = False
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -62,8 +66,14 @@ class MnistCNN(nn.Module):
             nn.Linear(self.config.hidden_units, self.config.num_classes),
         )
 
+        self.test_shifts, self.black = self.config.test_shifts, (0.0 - MNIST_MEAN) / MNIST_STD  # plain attributes for TorchScript
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        if self.training or not self.test_shifts:
+            return self.classifier(self.features(x))
+        padded = F.pad(x, (1, 1, 1, 1), value=self.black)
+        views = torch.cat([x, padded[:, :, :-2, 1:-1], padded[:, :, 2:, 1:-1], padded[:, :, 1:-1, :-2], padded[:, :, 1:-1, 2:]])
+        return self.classifier(self.features(views)).reshape(5, x.shape[0], -1).mean(0)
 
 
 @dataclass(frozen=True)
