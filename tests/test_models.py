@@ -34,7 +34,8 @@ def test_build_model_accepts_the_dict_a_checkpoint_stores():
     config = CNNConfig(conv1_channels=8, conv2_channels=12, hidden_units=20, dropout=0.1)
     stored = model_config(MnistCNN(config))
     assert stored == {"class": "MnistCNN", "conv1_channels": 8, "conv2_channels": 12, "hidden_units": 20,
-                      "dropout": 0.1, "num_classes": 10, "norm": "batch", "pool_first": False}
+                      "dropout": 0.1, "num_classes": 10, "norm": "batch", "pool_first": False,
+                      "test_shifts": False}
     stored.pop("class")
     assert build_model(stored).config == config
 

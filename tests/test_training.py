@@ -162,7 +162,7 @@ def test_resuming_an_averaged_run_without_its_trained_weights_is_refused(tmp_pat
     raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del raw["extra"]["trained_state"]
     torch.save(raw, tmp_path / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match="lacks the trained weights behind its average"):
+    with pytest.raises(CheckpointError, match="cannot resume: the trained weights behind its average"):
         train_course_model(TINY_RECORD, device="cpu", out=tmp_path, resume=True, data=mnist_slice(), progress=False)
 
 

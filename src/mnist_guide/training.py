@@ -269,13 +269,18 @@ def train_course_model(
         except TypeError:
             raise CheckpointError(f"{checkpoint_path}: its history ({', '.join(checkpoint.history)}) is not a training "
                                   "history; train from scratch into another folder.") from None
-        if average is not None:  # the checkpoint's model is the average; the trained weights ride along
-            try:
+        try:
+            if "rng_state" in checkpoint.extra:  # dropout draws the random numbers the unbroken run would have drawn
+                torch.set_rng_state(checkpoint.extra["rng_state"])
+            if "cuda_rng_state" in checkpoint.extra and device.type == "cuda":
+                torch.cuda.set_rng_state(checkpoint.extra["cuda_rng_state"], device)
+            if average is not None:  # the checkpoint's model is the average; the trained weights ride along
                 model.load_state_dict(checkpoint.extra["trained_state"])
                 average.steps = int(checkpoint.extra["average_steps"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as error:
-                raise CheckpointError(f"{checkpoint_path}: lacks the trained weights behind its average ({type(error).__name__}: "
-                                      f"{str(error).splitlines()[0]}); train from scratch into another folder.") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{checkpoint_path}: cannot resume: the trained weights behind its average or its random "
+                                  f"state are missing or damaged ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                                  "train from scratch into another folder.") from None
 
     def save(epoch: int, history: History) -> None:
         if checkpoint_path is not None:
@@ -315,9 +320,12 @@ def course_checkpoint_path() -> Path:
 def save_course_checkpoint(run: TrainingRun, recipe: Recipe | None = None, path: str | Path | None = None) -> Path:
     """Save a course run to `artifacts/mnist_cnn.pt`, where later notebooks load it (or to `path`).
 
-    With a weight average, the average is the checkpoint's model; the trained weights are kept to resume from.
+    The random state rides along to resume from (dropout draws from it); with a weight average, the average is the
+    checkpoint's model and the trained weights ride along too.
     """
-    extra = {"recipe": (recipe or Recipe()).to_dict()}
+    extra = {"recipe": (recipe or Recipe()).to_dict(), "rng_state": torch.get_rng_state()}
+    if torch.cuda.is_initialized():  # dropout on a GPU draws from the GPU's generator
+        extra["cuda_rng_state"] = torch.cuda.get_rng_state()
     if run.average is not None:
         extra |= {"trained_state": {key: value.detach().cpu() for key, value in run.average.source.state_dict().items()},
                   "average_steps": run.average.steps}
