@@ -79,7 +79,7 @@ def report_epoch(name: str, run_label: str) -> Callable[[int, History], None]:
     """An `on_epoch_end` hook that prints the epoch's test accuracy and cumulative training seconds."""
 
     def hook(epoch: int, history: History) -> None:
-        print(f"  {name:<7} {run_label:<16} epoch {epoch + 1}: test accuracy {history.test_accuracy[-1]:.2%}, "
+        print(f"  {name:<7} {run_label:<18} epoch {epoch + 1}: test accuracy {history.test_accuracy[-1]:.2%}, "
               f"{sum(history.epoch_seconds):6.1f} s of training", flush=True)
 
     return hook

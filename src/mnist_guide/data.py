@@ -19,6 +19,8 @@ from mnist_guide.runtime import atomic_write, data_dir
 #: Mean and standard deviation of the training pixels after scaling to [0, 1] (computed in 06_data_loading).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
+#: A black pixel (0) after normalisation: what shifted, turned or padded digits are filled with.
+NORMALISED_BLACK = (0.0 - MNIST_MEAN) / MNIST_STD
 
 CLASSES = tuple(str(digit) for digit in range(10))
 
@@ -124,7 +126,7 @@ def mnist_tensors(train: bool, root: str | Path | None = None,
 def shift_images(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Move each normalised image `[N, 1, H, W]` by `offsets[i] - max_shift` pixels (rows, columns), filling with black."""
     n, _, height, width = images.shape
-    padded = F.pad(images, (max_shift,) * 4, value=(0.0 - MNIST_MEAN) / MNIST_STD)
+    padded = F.pad(images, (max_shift,) * 4, value=NORMALISED_BLACK)
     rows = torch.arange(height).view(1, height, 1) + offsets[:, 0].view(n, 1, 1)
     cols = torch.arange(width).view(1, 1, width) + offsets[:, 1].view(n, 1, 1)
     return padded[torch.arange(n).view(n, 1, 1), 0, rows, cols].unsqueeze(1)
@@ -153,8 +155,8 @@ def random_affine(max_shift: float, max_degrees: float, max_scale: float) -> Cal
         shift = draws[:, 2:] * (2 * max_shift / images.shape[-1])  # the image spans [-1, 1] in grid units
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        black = (0.0 - MNIST_MEAN) / MNIST_STD  # grid_sample fills with zeros: sample the images with black at zero
-        return F.grid_sample(images - black, grid, align_corners=False) + black
+        # grid_sample fills with zeros: sample the images with black at zero
+        return F.grid_sample(images - NORMALISED_BLACK, grid, align_corners=False) + NORMALISED_BLACK
 
     return augment
 

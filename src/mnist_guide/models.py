@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_guide.data import MNIST_MEAN, MNIST_STD
+from mnist_guide.data import NORMALISED_BLACK
 
 #: What `CNNConfig.norm` puts after each convolution.
 NORMS = {
@@ -66,7 +66,7 @@ class MnistCNN(nn.Module):
             nn.Linear(self.config.hidden_units, self.config.num_classes),
         )
 
-        self.test_shifts, self.black = self.config.test_shifts, (0.0 - MNIST_MEAN) / MNIST_STD  # plain attributes for TorchScript
+        self.test_shifts, self.black = self.config.test_shifts, NORMALISED_BLACK  # plain attributes for TorchScript
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not self.test_shifts:
